@@ -1,0 +1,34 @@
+"""Small array-API helpers that every module needs: device-aware constants and diagonal embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+__all__ = ["arange_like", "diag_embed", "diagonal", "eye_like", "sym"]
+
+
+def eye_like(xp: Any, x: Any, d: int | None = None) -> Any:
+    """Identity (d, d) with x's dtype and device (d defaults to x's last axis)."""
+    return xp.eye(x.shape[-1] if d is None else d, dtype=x.dtype, device=device(x))
+
+
+def arange_like(xp: Any, x: Any, n: int) -> Any:
+    """0, 1, ..., n - 1 on x's device."""
+    return xp.arange(n, device=device(x))
+
+
+def diag_embed(xp: Any, v: Any) -> Any:
+    """(..., d) -> (..., d, d) with v on the diagonal."""
+    return v[..., None, :] * eye_like(xp, v)
+
+
+def diagonal(xp: Any, A: Any) -> Any:
+    """(..., d, d) -> (..., d), the main diagonal."""
+    return xp.linalg.diagonal(A)
+
+
+def sym(xp: Any, A: Any) -> Any:
+    """(A + A^T) / 2 over the last two axes."""
+    return (A + xp.matrix_transpose(A)) / 2

@@ -1,0 +1,100 @@
+"""Newton-Schulz square root and inverse square root (iSQRT-COV, Li et al. CVPR 2018; METHODS.md section 4).
+
+Forward, with pre-normalisation by the trace t = tr(S):
+    A = S / t;  Y_0 = A, Z_0 = I;  T_k = (3I - Z_{k-1} Y_{k-1}) / 2,  Y_k = Y_{k-1} T_k,  Z_k = T_k Z_{k-1}
+and post-compensation sqrt: sqrt(t) Y_n ~ S^(1/2);  invsqrt: Z_n / sqrt(t) ~ S^(-1/2).
+The iteration converges for PSD S (the eigenvalues of A lie in [0, 1]), but after n steps it is a different function
+from the exact root: 20-50 % off on real covariances with n = 5. It is its own method, not an approximation to rely on.
+
+[Note: Newton-Schulz backward]
+Reverse mode over the recursion as computed (hand-derived; no autodiff through the loop). For step k, with adjoints
+gY_k, gZ_k of its outputs:
+    Y_k = Y_{k-1} T_k:         gY_{k-1} += gY_k T_k^T,     gT_k  = Y_{k-1}^T gY_k
+    Z_k = T_k Z_{k-1}:         gZ_{k-1} += T_k^T gZ_k,     gT_k += gZ_k Z_{k-1}^T
+    T_k = (3I - Z_{k-1} Y_{k-1}) / 2, with gP = -gT_k / 2:  gZ_{k-1} += gP Y_{k-1}^T,  gY_{k-1} += Z_{k-1}^T gP
+then gA = gY_0 (Z_0 = I is constant), and the trace terms: A = S / t gives gS = gA / t - <gA, S> / t^2 I; the
+post-compensation adds <gQ, Y_n> / (2 sqrt t) I (sqrt) or -<gQ, Z_n> / (2 t^(3/2)) I (invsqrt).
+The last step computes only the output that is needed (Y_n for sqrt, Z_n for invsqrt), as iSQRT-COV does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._checks import check_matrix
+from ._primitive import Primitive, bind
+from ._xp import eye_like
+
+__all__ = ["newton_schulz_p", "ns_invsqrtm", "ns_sqrtm"]
+
+
+def ns_sqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "float64") -> Any:
+    """Approximate S^(1/2) by ``iterations`` coupled Newton-Schulz steps with trace pre-normalisation.
+
+    S: (..., d, d) symmetric PSD with positive trace; returns (..., d, d) in S's dtype. Cost: about 3 matrix
+    products per step forward and 6 backward; no eigendecomposition.
+    """
+    return _apply("ns_sqrtm", S, iterations, "sqrt", compute_dtype)
+
+
+def ns_invsqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "float64") -> Any:
+    """Approximate S^(-1/2) by ``iterations`` coupled Newton-Schulz steps (Z_n / sqrt(tr S)).
+
+    S: (..., d, d) symmetric positive definite; returns (..., d, d) in S's dtype.
+    """
+    return _apply("ns_invsqrtm", S, iterations, "invsqrt", compute_dtype)
+
+
+def _apply(op: str, S: Any, iterations: int, output: str, compute_dtype: str | None) -> Any:
+    xp = check_matrix(S, op, "S")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"{op}: iterations must be an integer >= 1, got {iterations!r}")
+    if bool(xp.any(xp.linalg.trace(S) <= 0)):
+        raise ValueError(f"{op}: argument 'S' must be positive semi-definite with a positive trace; "
+                         "found a matrix with trace <= 0")
+    return bind(newton_schulz_p, S, compute_dtype=compute_dtype, iterations=iterations, output=output)[0]
+
+
+def _ns_forward(xp: Any, S: Any, *, iterations: int, output: str) -> tuple[tuple, tuple]:
+    t = xp.linalg.trace(S)[..., None, None]
+    eye = eye_like(xp, S)
+    Y, Z = S / t, eye
+    Ys, Zs, Ts = [Y], [Z], []
+    for k in range(iterations):
+        T = (3 * eye - Z @ Y) / 2
+        last = k == iterations - 1
+        Y = Y @ T if not (last and output == "invsqrt") else None
+        Z = T @ Z if not (last and output == "sqrt") else None
+        Ts.append(T)
+        Ys.append(Y)
+        Zs.append(Z)
+    out = xp.sqrt(t) * Ys[-1] if output == "sqrt" else Zs[-1] / xp.sqrt(t)
+    return (out,), (S, t, Ys, Zs, Ts)
+
+
+def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, iterations: int, output: str) -> tuple:
+    # [Note: Newton-Schulz backward].
+    S, t, Ys, Zs, Ts = res
+    mT = xp.matrix_transpose
+    eye = eye_like(xp, S)
+    if output == "sqrt":
+        gY, gZ = xp.sqrt(t) * gQ, None
+        g_t = xp.sum(gQ * Ys[-1], axis=(-2, -1))[..., None, None] / (2 * xp.sqrt(t))
+    else:
+        gY, gZ = None, gQ / xp.sqrt(t)
+        g_t = -xp.sum(gQ * Zs[-1], axis=(-2, -1))[..., None, None] / (2 * t * xp.sqrt(t))
+    for k in range(iterations, 0, -1):
+        Yp, Zp, T = Ys[k - 1], Zs[k - 1], Ts[k - 1]
+        gT, gYp, gZp = 0, 0, 0
+        if gY is not None:
+            gYp, gT = gY @ mT(T), mT(Yp) @ gY
+        if gZ is not None:
+            gZp, gT = mT(T) @ gZ, gT + gZ @ mT(Zp)
+        gP = -gT / 2
+        gY, gZ = gYp + mT(Zp) @ gP, gZp + gP @ mT(Yp)
+    gA = gY
+    g_t = g_t - xp.sum(gA * S, axis=(-2, -1))[..., None, None] / (t * t)
+    return (gA / t + g_t * eye,)
+
+
+newton_schulz_p = Primitive("newton_schulz", _ns_forward, _ns_vjp)
