@@ -183,7 +183,8 @@ def _kernel_options(op: str, grad: str, options: dict) -> dict:
         raise TypeError(f"{op}: unexpected option(s) {unknown} for grad={grad!r}; it takes {allowed}")
     for key in ("degree", "iterations", "order"):
         if key in options and (not isinstance(options[key], int) or options[key] < (2 if key == "iterations" else 1)):
-            raise ValueError(f"{op}: {key} must be an integer >= {2 if key == 'iterations' else 1}, got {options[key]!r}")
+            low = 2 if key == "iterations" else 1
+            raise ValueError(f"{op}: {key} must be an integer >= {low}, got {options[key]!r}")
     for key in ("delta", "threshold"):
         if key in options and not (isinstance(options[key], (int, float)) and math.isfinite(options[key])
                                    and options[key] > 0):
