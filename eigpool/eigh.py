@@ -116,7 +116,7 @@ def _pairs(xp: Any, l: Any) -> tuple[Any, Any, Any]:
 
 def _positive(xp: Any, l: Any) -> Any:
     """Eigenvalues of a PSD matrix made strictly positive for the ratio-based kernels."""
-    return xp.clip(l, float(xp.finfo(l.dtype).tiny), None)
+    return xp.clip(l, float(xp.finfo(l.dtype).smallest_normal), None)
 
 
 def _antisymmetric(xp: Any, upper: Any, k: Any) -> Any:
@@ -125,8 +125,9 @@ def _antisymmetric(xp: Any, upper: Any, k: Any) -> Any:
     return low - xp.matrix_transpose(low)
 
 
-def _geometric(xp: Any, hi: Any, lo: Any, n: int) -> Any:
-    """T_n(lo/hi) / hi = sum_{k<=n} (lo/hi)^k / hi for hi >= lo > 0, without cancellation (see the kernel note)."""
+def _geometric(xp: Any, a: Any, b: Any, n: int) -> Any:
+    """T_n(lo/hi) / hi = sum_{k<=n} (lo/hi)^k / hi, lo = min(a, b) > 0, hi = max(a, b), without cancellation."""
+    lo, hi = xp.minimum(a, b), xp.maximum(a, b)
     gap = hi - lo
     safe = xp.where(gap > 0, gap, xp.ones_like(gap))
     series = -xp.expm1((n + 1) * xp.log1p(-gap / hi)) / safe

@@ -246,7 +246,7 @@ def _spectral_forward(xp: Any, S: Any, *, fn: SpectralFunction, grad: str, optio
     l, U = xp.linalg.eigh(S)
     if fn.positive:
         require_psd(xp, l, op, psd_tol)
-        tau = xp.clip(eigenvalue_floor(xp, l, floor), float(xp.finfo(l.dtype).tiny), None)
+        tau = xp.clip(eigenvalue_floor(xp, l, floor), float(xp.finfo(l.dtype).smallest_normal), None)
         m, above = xp.maximum(l, tau), l >= tau
     else:
         m, above = l, None
