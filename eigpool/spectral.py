@@ -283,8 +283,9 @@ def _loewner(xp: Any, fn: SpectralFunction, res: _Spectrum, grad: str, options: 
         across = xp.where(tied, xp.zeros_like(gap), (g[..., :, None] - g[..., None, :]) / one_gap)
         L = xp.where(ki & kj, inside, xp.where(ki | kj, across, xp.zeros_like(inside)))
     else:
+        # sym(K^T o (2 Gh diag(g))) = (K_ij g_i + K_ji g_j) o Gh; K_ij (g_i - g_j) for antisymmetric kernels.
         K = kernel_matrix(xp, m, "exact" if grad == "eigh" else grad, options)
-        L = K * (g[..., :, None] - g[..., None, :])
+        L = K * g[..., :, None] + xp.matrix_transpose(K) * g[..., None, :]
     # The diagonal is g'(l_i) in every case (the kernels only approximate the off-diagonal terms).
     eye = diag_embed(xp, xp.ones_like(l))
     return L * (1 - eye) + diag_embed(xp, slope)
