@@ -1,8 +1,8 @@
 """A short demonstration: the matrix square root's gradient at repeated eigenvalues.
 
 Run ``eigpool-demo`` (or ``python -m eigpool.demo``). Plain autodiff through an eigendecomposition divides by
-l_i - l_j and returns inf/NaN or garbage when two eigenvalues coincide (the identity matrix, a covariance with dead channels);
-eigpool's Loewner backward is exact there. The reference is the Sylvester equation Q X + X Q = G for Q = S^(1/2).
+l_i - l_j and returns inf/NaN or garbage when two eigenvalues coincide (the identity matrix, a covariance with dead
+channels); eigpool's Loewner backward is exact there. The reference is the Sylvester equation Q X + X Q = G for Q = S^(1/2).
 """
 
 from __future__ import annotations
