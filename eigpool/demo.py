@@ -2,7 +2,8 @@
 
 Run ``eigpool-demo`` (or ``python -m eigpool.demo``). Plain autodiff through an eigendecomposition divides by
 l_i - l_j and returns inf/NaN or garbage when two eigenvalues coincide (the identity matrix, a covariance with dead
-channels); eigpool's Loewner backward is exact there. The reference is the Sylvester equation Q X + X Q = G for Q = S^(1/2).
+channels); eigpool's Loewner backward is exact there. The reference is the Sylvester equation
+Q X + X Q = G for Q = S^(1/2).
 """
 
 from __future__ import annotations
