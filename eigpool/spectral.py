@@ -21,7 +21,9 @@ g is f composed with two reshapings of the spectrum, both explicit:
 With grad="taylor" (or "pade", "clip", "power_iteration", or "eigh" for the plain eigenvector kernel) the backward goes
 through the eigendecomposition's approximate kernel instead ([Note: eigh backward] in eigpool.eigh): substituting
 gU = 2 sym(G) U diag(g) gives the same formula with L_ij = K_ij (g(l_i) - g(l_j)) off the diagonal. These are the
-SVD-Taylor, SVD-Pade, SVD-Trunc and SVD-PI layers of the ICCV 2021 paper, one argument away.
+SVD-Taylor, SVD-Pade, SVD-Trunc and SVD-PI layers of the ICCV 2021 paper, one argument away. (For a kernel that is
+not antisymmetric, power iteration's, the entry is K_ij g(l_i) + K_ji g(l_j).) Pairs with both eigenvalues below the
+floor contribute 0 in every route: g is constant there, so F is invariant to rotations inside that eigenspace.
 
 SEB (the scaling eigen branch, METHODS.md section 5): F(S) = (1 + rho) U sqrt(m) U^T with
 rho = ||Q E^T||_F = sqrt(sum_i m_i exp(-2 m_i)), computed from the eigenvalues directly (finite for dead channels).
@@ -276,9 +278,6 @@ def _loewner(xp: Any, fn: SpectralFunction, res: _Spectrum, grad: str, options: 
         # Floor factor (m_i - m_j)/(l_i - l_j): 1 above the floor, 0 below, in [0, 1] across; exact where tied.
         floor_factor = xp.where(tied, xp.ones_like(gap), (mi - mj) / one_gap)
         inside = fn.dd(xp, mi, mj) * floor_factor
-        if above is not None:
-            both_below = ~(above[..., :, None] | above[..., None, :])
-            inside = xp.where(both_below, xp.zeros_like(inside), inside)
         ki, kj = keep[..., :, None], keep[..., None, :]
         across = xp.where(tied, xp.zeros_like(gap), (g[..., :, None] - g[..., None, :]) / one_gap)
         L = xp.where(ki & kj, inside, xp.where(ki | kj, across, xp.zeros_like(inside)))
@@ -286,6 +285,11 @@ def _loewner(xp: Any, fn: SpectralFunction, res: _Spectrum, grad: str, options: 
         # sym(K^T o (2 Gh diag(g))) = (K_ij g_i + K_ji g_j) o Gh; K_ij (g_i - g_j) for antisymmetric kernels.
         K = kernel_matrix(xp, m, "exact" if grad == "eigh" else grad, options)
         L = K * g[..., :, None] + xp.matrix_transpose(K) * g[..., None, :]
+    if above is not None:
+        # Below the floor g is constant, so F does not change under rotations inside that eigenspace: those pairs
+        # contribute 0 for every kernel (power iteration's non-antisymmetric kernel would give g(tau) / tau there).
+        both_below = ~(above[..., :, None] | above[..., None, :])
+        L = xp.where(both_below, xp.zeros_like(L), L)
     # The diagonal is g'(l_i) in every case (the kernels only approximate the off-diagonal terms).
     eye = diag_embed(xp, xp.ones_like(l))
     return L * (1 - eye) + diag_embed(xp, slope)
