@@ -16,7 +16,9 @@ g is f composed with two reshapings of the spectrum, both explicit:
   when both are below, and in [0, 1] across it.
 - truncation of the ``truncate`` smallest eigenvalues: g = 0 on them (TopN of METHODS.md, section 2). Between a kept
   l_i and a dropped l_j, g[l_i, l_j] = g(l_i) / (l_i - l_j); at a tie across the cut the function jumps and has no
-  derivative: we use 0 there (the cut is held fixed).
+  derivative: we use 0 there (the cut is held fixed). The eigenvalues below the floor are tied at tau, with an
+  arbitrary eigenbasis: that eigenspace is dropped only as a whole, when ``truncate`` >= its dimension (else it
+  stays at g(tau)), so a singular covariance gives one result whatever basis LAPACK returns (eigpool.gram).
 
 With grad="taylor" (or "pade", "clip", "power_iteration", or "eigh" for the plain eigenvector kernel) the backward goes
 through the eigendecomposition's approximate kernel instead ([Note: eigh backward] in eigpool.eigh): substituting
@@ -253,6 +255,9 @@ def _spectral_forward(xp: Any, S: Any, *, fn: SpectralFunction, grad: str, optio
     else:
         m, above = l, None
     keep = arange_like(xp, l, l.shape[-1]) >= truncate
+    if above is not None:
+        # The floored eigenspace is dropped only as a whole (module docstring).
+        keep = xp.where(above, keep, xp.sum(xp.astype(~above, l.dtype), axis=-1, keepdims=True) > truncate)
     g = xp.where(keep, fn.f(xp, m), xp.zeros_like(m))
     out = (U * g[..., None, :]) @ xp.matrix_transpose(U)
     rho = None

@@ -1,0 +1,219 @@
+"""Rank-aware covariance pooling: F(cov(X)) through the N x N Gram matrix when channels outnumber positions.
+
+[Note: Gram route]
+X (..., d, N): d channels over N positions, Xc = X - mean over positions, S = Xc Xc^T / N (d x d, rank r <= N - 1).
+The Gram matrix H = Xc^T Xc / N (N x N) has the same nonzero spectrum: H = V diag(mu) V^T gives the eigenpairs of S
+
+    S u_k = mu_k u_k,   u_k = y_k / sqrt(N mu_k),   y_k = Xc v_k  (Y = Xc V, d x N),
+
+for every mu_k > 0, and the other d - r eigenvalues of S are zero. With the eigenvalue floor of eigpool.spectral
+(tau = floor * max mu, at least the smallest normal number) every eigenvalue of S below tau becomes tau, so the floored
+spectrum of S is {max(mu_k, tau)} plus d - N copies of tau. Let a = {k : mu_k >= tau} (above the floor), b = the rest
+of the Gram eigenpairs, and g0 = g(tau), the value shared by every floored eigenvalue (0 if truncation drops them).
+Since sum_{k in a} u_k u_k^T + (projector on the floored eigenspace) = I,
+
+    F(S) = g0 I + sum_{k in a} (g(m_k) - g0) u_k u_k^T = g0 I + Y diag(e / N) Y^T,   e_k = c_k / mu_k on a, 0 on b,
+
+c_k = g(m_k) - g0 (as g[m_k, tau] (m_k - tau), cancellation-free). No d x d eigendecomposition and no u_k for the
+floored eigenvalues, whose eigenvectors are an arbitrary basis of a tied eigenspace: cost O(d^2 N + N^3).
+
+Backward. The dense path's adjoint is dL/dS = U (L o (U^T Gs U)) U^T (Gs = sym(G), L the Loewner matrix of
+[Note: Loewner backward] in eigpool.spectral) and dL/dX = 2 (dL/dS) Xc / N = 2 Z V^T / N with Z = (dL/dS) Y, because
+Xc = Y V^T. Only columns y_k of the range matter (U^T y_k = sqrt(N mu_k) e_k). Take W = Y^T Gs Y (N x N).
+- k in a, i in a: u_i L_ik u_i^T Gs y_k = y_i L_ik W_ik / (N mu_i).
+- k in a, i floored (b or the d - N exact zeros, l_i = mu_i or 0): L_ik = c_k / (l_k - l_i) for every such i (the
+  divided difference across the floor, the same common g0). Split 1/(l_k - l_i) = 1/l_k + l_i / (l_k (l_k - l_i)):
+  the first part sums to (c_k / l_k) P Gs y_k over the whole floored eigenspace, P = I - sum_{i in a} y_i y_i^T/(N mu_i)
+  (the projector term g0 (I - U_a U_a^T) acts through U_a only); the second part vanishes on the exact zeros and is
+  sum_{i in b} y_i W_ik L_ik / (N l_k) on b, using l_i u_i u_i^T = y_i y_i^T / N (bounded as mu_i -> 0).
+- k in b: only i in a contributes (both below the floor: L = 0), y_i L_ik W_ik / (N mu_i).
+Together: Z = Gs Y diag(e) + Y (M o W) with
+    M_ik = (L_ik - e_k) / (N mu_i)  for i in a,    M_ik = L_ik / (N mu_k)  for i in b, k in a,    0 otherwise.
+L over the N Gram eigenpairs is built by eigpool.spectral's own Loewner routine, so the divided differences, the floor
+subgradient (0 below the floor) and the truncation rule are those of the dense path, not a copy.
+SEB: out = (1 + rho) F0 with rho^2 = sum_{k in a} m_k exp(-2 m_k) + (d - |a|) tau exp(-2 tau); the rho term adds
+sum_{k in a} t_k u_k u_k^T to dL/dS, t_k = <Gs, F0> drho/dl_k, i.e. t_k y_k to column k of Z, with
+<Gs, F0> = g0 tr(Gs) + sum_k e_k W_kk / N.
+
+Truncation ("the k smallest eigenvalues" when many are tied at the floor): eigenvalues are counted with multiplicity in
+the d eigenvalues of S, ascending, floored ones first; the floored eigenvalues form one tied eigenspace, dropped only as
+a whole: if k < (number of floored eigenvalues, d - |a|) they all stay at g(tau) and nothing else is dropped; otherwise
+they are dropped (g0 = 0) with the k - (d - |a|) smallest eigenvalues above the floor. eigpool.spectral's truncation
+follows the same rule, so both paths compute the same function (any other choice depends on the arbitrary basis
+LAPACK returns for the tied eigenspace).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ._checks import check_array
+from ._primitive import Primitive, bind
+from ._xp import arange_like, diagonal, eye_like, sym
+from .covariance import covariance
+from .eigh import eigenvalue_floor, eigenvalue_floor_rel
+from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
+
+__all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
+
+#: Values of ``path=``: "auto" (the Gram route when N < d), "dense" (d x d eigendecomposition), "gram".
+PATHS = ("auto", "dense", "gram")
+
+_NAMED = ("sqrt", "invsqrt", "log", "power")
+_DENSE_OPS = {"sqrt": "sqrtm", "invsqrt": "invsqrtm", "log": "logm", "power": "powm"}
+
+
+def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = None, floor: float | str | None = "auto",
+           truncate: int = 0, seb: bool = False, grad: str = "exact", path: str = "auto",
+           compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+    """Covariance pooling followed by a spectral function: F(S), S = Xc Xc^T / N, for features X.
+
+    X: (..., d, N) real floating, d channels over N positions; returns (..., d, d) in X's dtype, equal (to round-off)
+    to ``eigpool.sqrtm(eigpool.covariance(X))`` (or the function chosen) with the same floor, truncation and gradients.
+
+    fn: "sqrt", "invsqrt", "log", "power" (with exponent ``p``), or a ``SpectralFunction`` with ``positive=True``.
+    floor: eigenvalue floor relative to the largest eigenvalue ("auto": d * eps(X.dtype), as ``sqrtm`` on S of X's
+      dtype; a float; None: the smallest normal number only). Eigenvalues below it, including the d - N + 1 zeros of a
+      covariance with fewer positions than channels, are clamped to it; their subgradient is 0.
+    truncate: drop the ``truncate`` smallest eigenvalues (g = 0 on them), counted among the d eigenvalues of S; the
+      eigenvalues at the floor are tied and are dropped only all together (module docstring).
+    seb: the scaling eigen branch (fn "sqrt" only): (1 + rho) S^(1/2), rho = sqrt(sum_i m_i exp(-2 m_i)) over all d
+      floored eigenvalues m_i.
+    grad: "exact" (Loewner). The approximate kernels ("taylor", "pade", ...) need the eigenvectors of S and run on the
+      dense path only.
+    path: "auto" (the Gram route [Note: Gram route] when N < d and grad="exact", else dense), "dense" (covariance,
+      then a d x d eigendecomposition) or "gram" (any shape; O(d^2 N + N^3) instead of O(d^3)).
+    compute_dtype: dtype of the computation (default float64; None: X's own, half precision promoted to float32).
+    """
+    op = "pooled"
+    xp = check_array(X, op, "X", 2)
+    spec, gain = _resolve_function(op, fn, p, seb)
+    chosen = resolve_path(op, path, X.shape[-2], X.shape[-1], grad)
+    if chosen == "dense":
+        name = _DENSE_OPS.get(fn, "spectral") if isinstance(fn, str) else "spectral"
+        S = covariance(X, compute_dtype=compute_dtype)
+        return _apply("seb" if seb else name, S, spec, grad, floor, truncate, gain, compute_dtype, kernel_options)
+    if kernel_options:
+        raise TypeError(f"{op}: kernel options {sorted(kernel_options)} configure an approximate kernel; "
+                        "path='gram' computes the exact gradient only")
+    d = X.shape[-2]
+    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 0 <= truncate < d:
+        raise ValueError(f"{op}: truncate must be an integer in [0, d) = [0, {d}), got {truncate!r}")
+    # The relative floor depends on d and the dtype only: the (..., N, d) transpose carries both, as S would.
+    rel = eigenvalue_floor_rel(xp.matrix_transpose(X), floor)
+    return bind(gram_spectral_p, X, compute_dtype=compute_dtype, fn=spec, floor=rel, truncate=truncate, gain=gain)[0]
+
+
+def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str:
+    """"dense" or "gram" for ``path`` and features of d channels over n positions.
+
+    "auto" takes the Gram route when n < d (rank-deficient covariance: an n x n eigendecomposition instead of d x d)
+    and the gradient is exact; "gram" with an approximate ``grad`` raises ValueError.
+    """
+    if path not in PATHS:
+        raise ValueError(f"{op}: path must be one of {PATHS}, got {path!r}")
+    if grad not in GRADS:
+        raise ValueError(f"{op}: grad must be one of {GRADS}, got {grad!r}")
+    if path == "gram" and grad != "exact":
+        raise ValueError(f"{op}: path='gram' computes the exact gradient only; grad={grad!r} needs the eigenvectors of "
+                         "S: use path='dense' (or 'auto')")
+    if path == "auto":
+        return "gram" if n < d and grad == "exact" else "dense"
+    return path
+
+
+def _resolve_function(op: str, fn: str | SpectralFunction, p: float | None, seb: bool) -> tuple[SpectralFunction,
+                                                                                                 str | None]:
+    """The spectral function for ``fn`` (and ``p``), and the gain ("seb" or None)."""
+    if isinstance(fn, SpectralFunction):
+        if not fn.positive:
+            raise ValueError(f"{op}: fn must be a SpectralFunction with positive=True (the eigenvalue floor applies), "
+                             f"got {fn.name!r} with positive=False")
+        spec = fn
+    elif fn not in _NAMED:
+        raise ValueError(f"{op}: fn must be one of {_NAMED} or a SpectralFunction, got {fn!r}")
+    elif fn == "power":
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p != p or abs(p) == float("inf"):
+            raise TypeError(f"{op}: fn='power' needs a finite real exponent p, got p={p!r}")
+        spec = _power(float(p))
+    else:
+        spec = SPECTRAL_FUNCTIONS[fn]
+    if p is not None and fn != "power":
+        raise ValueError(f"{op}: p is the exponent of fn='power' only, got fn={fn!r}, p={p!r}")
+    if seb and fn != "sqrt":
+        raise ValueError(f"{op}: seb=True scales the matrix square root; it needs fn='sqrt', got fn={fn!r}")
+    return spec, "seb" if seb else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The primitive.
+
+class _GramResiduals(NamedTuple):
+    """Residuals: the Gram spectrum (l = mu, U = V, floored m, g, masks, SEB gain), Y = Xc V, e and g0."""
+
+    spectrum: _Spectrum
+    Y: Any
+    e: Any
+    g0: Any
+
+
+def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
+                  gain: str | None) -> tuple[tuple, _GramResiduals]:
+    d, n = X.shape[-2], X.shape[-1]
+    Xc = X - xp.mean(X, axis=-1, keepdims=True)
+    mu, V = xp.linalg.eigh(xp.matrix_transpose(Xc) @ Xc / n)
+    Y = Xc @ V
+    tau = xp.clip(eigenvalue_floor(xp, mu, floor), float(xp.finfo(mu.dtype).smallest_normal), None)
+    above = mu >= tau
+    m = xp.maximum(mu, tau)
+    n_floored = d - xp.sum(xp.astype(above, mu.dtype), axis=-1, keepdims=True)
+    # Truncation rule (module docstring): the floored eigenspace is dropped only as a whole. Above the floor, Gram
+    # eigenvalue k is eigenvalue k + d - N of S in ascending order (the floored ones come first).
+    floor_kept = n_floored > truncate
+    keep = xp.where(above, arange_like(xp, mu, n) + (d - n) >= truncate, floor_kept)
+    zero = xp.zeros_like(m)
+    g = xp.where(keep, fn.f(xp, m), zero)
+    g0 = xp.where(floor_kept, fn.f(xp, tau), xp.zeros_like(tau))
+    # c_k = g(m_k) - g0 without cancellation: the table's divided difference g[m_k, tau] (shaped as matrices, which
+    # user functions expect) times m_k - tau; when the floored eigenspace is dropped, g0 = 0 and c_k = g(m_k).
+    across = fn.dd(xp, m[..., :, None], tau[..., None])[..., 0] * (m - tau)
+    c = xp.where(above, xp.where(floor_kept, across, g), zero)
+    e = c / xp.where(above, mu, xp.ones_like(mu))
+    out = (Y * (e / n)[..., None, :]) @ xp.matrix_transpose(Y) + g0[..., None] * eye_like(xp, X, d)
+    rho = None
+    if gain == "seb":
+        rho = xp.sqrt(xp.sum(xp.where(above, m * xp.exp(-2 * m), zero), axis=-1)
+                      + (n_floored * tau * xp.exp(-2 * tau))[..., 0])
+        out = (1 + rho)[..., None, None] * out
+    return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
+
+
+def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
+              gain: str | None) -> tuple:
+    # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y.
+    spec, Y, e = res.spectrum, res.Y, res.e
+    n = Y.shape[-1]
+    Gs = sym(xp, G)
+    GY = Gs @ Y
+    W = xp.matrix_transpose(Y) @ GY
+    L = _loewner(xp, fn, spec, "exact", {})
+    mu_safe = xp.where(spec.above, spec.l, xp.ones_like(spec.l))
+    a_i, a_k = spec.above[..., :, None], spec.above[..., None, :]
+    M = xp.where(a_i, (L - e[..., None, :]) / (n * mu_safe[..., :, None]),
+                 xp.where(a_k, L / (n * mu_safe[..., None, :]), xp.zeros_like(L)))
+    Z = GY * e[..., None, :] + Y @ (M * W)
+    if gain == "seb":
+        # out = (1 + rho) F0: the F0 term scales by (1 + rho); the rho term adds t_k y_k (module docstring),
+        # t_k = <Gs, F0> (1 - 2 m_k) exp(-2 m_k) / (2 rho) above the floor (0 where rho = 0: no derivative there).
+        rho = spec.rho
+        safe = xp.where(rho > 0, rho, xp.ones_like(rho))
+        dm = (1 - 2 * spec.m) * xp.exp(-2 * spec.m) / (2 * safe[..., None])
+        dm = xp.where((rho > 0)[..., None] & spec.above, dm, xp.zeros_like(dm))
+        g_dot_f = res.g0[..., 0] * xp.sum(diagonal(xp, Gs), axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
+        Z = (1 + rho)[..., None, None] * Z + Y * (g_dot_f[..., None] * dm)[..., None, :]
+    dX = 2 * (Z @ xp.matrix_transpose(spec.U)) / n
+    # The exact gradient is centred over positions (F depends on X - mean only); removing the mean removes round-off.
+    return (dX - xp.mean(dX, axis=-1, keepdims=True),)
+
+
+gram_spectral_p = Primitive("gram_spectral", _gram_forward, _gram_vjp)
