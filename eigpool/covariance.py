@@ -29,7 +29,8 @@ def _covariance_forward(xp: Any, X: Any) -> tuple[tuple[Any], Any]:
 
 def _covariance_vjp(xp: Any, Xc: Any, G: Any) -> tuple[Any]:
     # dL/dX = (G + G^T) Xc / N. No term for the mean: the rows of (G + G^T) Xc already sum to zero over positions.
-    return ((G + xp.matrix_transpose(G)) @ Xc / Xc.shape[-1],)
+    # Scale the (d, d) factor, not the (d, N) product: one pass over d^2 entries instead of d N.
+    return (((G + xp.matrix_transpose(G)) / Xc.shape[-1]) @ Xc,)
 
 
 covariance_p = Primitive("covariance", _covariance_forward, _covariance_vjp)

@@ -46,8 +46,15 @@ def _maps(d: int) -> tuple[list[int], list[int], list[int]]:
     return triu, upper, full
 
 
-def _gather(xp: Any, x: Any, index: list[int]) -> Any:
-    return xp.take(x, xp.asarray(index, device=device(x)), axis=-1)
+def _gather(xp: Any, x: Any, d: int, which: int) -> Any:
+    """Gather with map ``which`` of ``_maps(d)`` along the last axis."""
+    return xp.take(x, _index(xp, device(x), d, which), axis=-1)
+
+
+@lru_cache(maxsize=32)
+def _index(xp: Any, dev: Any, d: int, which: int) -> Any:
+    # Converting a list of d^2 ints costs more than the gather itself: keep one index array per namespace and device.
+    return xp.asarray(_maps(d)[which], device=dev)
 
 
 def _flat(xp: Any, x: Any) -> Any:
@@ -60,23 +67,23 @@ def _square(xp: Any, x: Any, d: int) -> Any:
 
 def _triu_vec_forward(xp: Any, S: Any) -> tuple[tuple, int]:
     d = S.shape[-1]
-    return (_gather(xp, _flat(xp, S), _maps(d)[0]),), d
+    return (_gather(xp, _flat(xp, S), d, 0),), d
 
 
 def _triu_vec_vjp(xp: Any, d: int, g: Any) -> tuple:
     # Scatter to the upper triangle as a gather from g with one zero appended (the array API has no scatter).
     padded = xp.concat([g, xp.zeros_like(g[..., :1])], axis=-1)
-    return (_square(xp, _gather(xp, padded, _maps(d)[1]), d),)
+    return (_square(xp, _gather(xp, padded, d, 1), d),)
 
 
 def _triu_unvec_forward(xp: Any, v: Any, *, d: int) -> tuple[tuple, None]:
-    return (_square(xp, _gather(xp, v, _maps(d)[2]), d),), None
+    return (_square(xp, _gather(xp, v, d, 2), d),), None
 
 
 def _triu_unvec_vjp(xp: Any, res: None, G: Any, *, d: int) -> tuple:
     # v_ij (i < j) appears at (i, j) and (j, i); v_ii once.
     both = G + xp.matrix_transpose(G) - G * xp.eye(d, dtype=G.dtype, device=device(G))
-    return (_gather(xp, _flat(xp, both), _maps(d)[0]),)
+    return (_gather(xp, _flat(xp, both), d, 0),)
 
 
 triu_vec_p = Primitive("triu_vec", _triu_vec_forward, _triu_vec_vjp)
