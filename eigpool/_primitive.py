@@ -33,7 +33,9 @@ class Primitive:
     """An operation defined by a forward rule and a VJP rule (see the module docstring for the contract).
 
     ``n_outputs`` is the length of the tuple ``forward`` returns; ``differentiable`` lists the positions of the inputs
-    that receive cotangents.
+    that receive cotangents. ``vjp_primitive``, optional: ``vjp_primitive(params)`` returns a primitive that computes
+    this one's VJP, (*inputs, *output_cotangents) -> input cotangents, with a VJP rule of its own (the second
+    derivatives), or None for params it does not cover. Frameworks with autodiff use it for double backward.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Primitive:
     vjp: Callable[..., tuple[Any, ...]]
     n_outputs: int = 1
     differentiable: tuple[int, ...] = (0,)
+    vjp_primitive: Callable[[dict], Primitive | None] | None = None
 
     def __repr__(self) -> str:
         return f"Primitive({self.name!r})"

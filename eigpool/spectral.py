@@ -27,6 +27,18 @@ SVD-Taylor, SVD-Pade, SVD-Trunc and SVD-PI layers of the ICCV 2021 paper, one ar
 not antisymmetric, power iteration's, the entry is K_ij g(l_i) + K_ji g(l_j).) Pairs with both eigenvalues below the
 floor contribute 0 in every route: g is constant there, so F is invariant to rotations inside that eigenspace.
 
+[Note: spectral second order]
+The VJP is linear in G: V(S, G) = DF(S)[sym G]. Its own VJP, for a cotangent W of V, is (Daleckii-Krein, second
+order; Bhatia, Matrix Analysis, Thm V.3.3), with Gh = U^T sym(G) U and Wh = U^T sym(W) U,
+
+    dG = V(S, W)   (DF(S) is self-adjoint),      dS = U (A + A^T) U^T,   A_ab = sum_c f[l_a, l_b, l_c] Gh_ac Wh_cb,
+
+the second divided differences f[a, b, c] of f, exact at ties (f[a, a, a] = f''(a) / 2). With r = sqrt(l):
+sqrt: -1 / ((ra + rb)(rb + rc)(ra + rc));  inverse sqrt: (ra + rb + rc) / (ra rb rc (ra + rb)(rb + rc)(ra + rc)).
+So second derivatives stay finite and exact at repeated eigenvalues. ``spectral_vjp_p`` implements it for grad="exact"
+without truncation or SEB, for the functions with a ``dd2`` and spectra above the floor; it builds the (..., d, d, d)
+tensor f[l_a, l_b, l_c] (memory d^3 per matrix: meant for double backward, gradient penalties and checks).
+
 SEB (the scaling eigen branch, METHODS.md section 5): F(S) = (1 + rho) U sqrt(m) U^T with
 rho = ||Q E^T||_F = sqrt(sum_i m_i exp(-2 m_i)), computed from the eigenvalues directly (finite for dead channels).
 Its backward adds <G, F0> drho/dl_i = <G, F0> (1 - 2 m_i) exp(-2 m_i) / (2 rho) to the diagonal of L o (U^T G U).
@@ -43,18 +55,21 @@ from ._xp import arange_like, diag_embed, diagonal, sym
 from .eigh import KERNELS, _kernel_options, eigenvalue_floor, eigenvalue_floor_rel, kernel_matrix, tie_tolerance
 
 __all__ = ["SpectralFunction", "SPECTRAL_FUNCTIONS", "GRADS", "expm_neg", "invsqrtm", "logm", "powm", "seb", "spectral",
-           "spectral_p", "sqrtm", "truncate"]
+           "spectral_p", "spectral_vjp_p", "sqrtm", "truncate"]
 
 
 class SpectralFunction(NamedTuple):
     """A scalar function applied to eigenvalues: values f(l), derivative f'(l), and the divided difference f[a, b]
-    (``dd(xp, a, b)``, exact at a == b). ``positive``: the domain is l > 0 (the eigenvalue floor applies)."""
+    (``dd(xp, a, b)``, exact at a == b). ``positive``: the domain is l > 0 (the eigenvalue floor applies).
+    ``dd2(xp, a, b, c)``, optional: the second divided difference f[a, b, c], exact at ties ([Note: spectral second
+    order])."""
 
     name: str
     f: Callable[[Any, Any], Any]
     df: Callable[[Any, Any], Any]
     dd: Callable[[Any, Any, Any], Any]
     positive: bool
+    dd2: Callable[..., Any] | None = None
 
 
 def _lo_hi(xp: Any, a: Any, b: Any) -> tuple[Any, Any, Any]:
@@ -74,6 +89,16 @@ def _sqrt_dd(xp: Any, a: Any, b: Any) -> Any:
 def _invsqrt_dd(xp: Any, a: Any, b: Any) -> Any:
     ra, rb = xp.sqrt(a), xp.sqrt(b)
     return -1.0 / (ra * rb * (ra + rb))
+
+
+def _sqrt_dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
+    ra, rb, rc = xp.sqrt(a), xp.sqrt(b), xp.sqrt(c)
+    return -1.0 / ((ra + rb) * (rb + rc) * (ra + rc))
+
+
+def _invsqrt_dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
+    ra, rb, rc = xp.sqrt(a), xp.sqrt(b), xp.sqrt(c)
+    return (ra + rb + rc) / (ra * rb * rc * (ra + rb) * (rb + rc) * (ra + rc))
 
 
 def _log_dd(xp: Any, a: Any, b: Any) -> Any:
@@ -101,9 +126,10 @@ def _power(p: float) -> SpectralFunction:
 
 
 SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
-    "sqrt": SpectralFunction("sqrt", lambda xp, l: xp.sqrt(l), lambda xp, l: 0.5 / xp.sqrt(l), _sqrt_dd, True),
+    "sqrt": SpectralFunction("sqrt", lambda xp, l: xp.sqrt(l), lambda xp, l: 0.5 / xp.sqrt(l), _sqrt_dd, True,
+                             _sqrt_dd2),
     "invsqrt": SpectralFunction("invsqrt", lambda xp, l: 1.0 / xp.sqrt(l), lambda xp, l: -0.5 / (l * xp.sqrt(l)),
-                                _invsqrt_dd, True),
+                                _invsqrt_dd, True, _invsqrt_dd2),
     "log": SpectralFunction("log", lambda xp, l: xp.log(l), lambda xp, l: 1.0 / l, _log_dd, True),
     "exp_neg": SpectralFunction("exp_neg", lambda xp, l: xp.exp(-l), lambda xp, l: -xp.exp(-l), _exp_neg_dd, False),
     "identity": SpectralFunction("identity", lambda xp, l: l, lambda xp, l: xp.ones_like(l),
@@ -322,4 +348,37 @@ def _spectral_vjp(xp: Any, res: _Spectrum, G: Any, *, fn: SpectralFunction, grad
     return (U @ inner @ Ut,)
 
 
-spectral_p = Primitive("spectral", _spectral_forward, _spectral_vjp)
+def _spectral_vjp_forward(xp: Any, S: Any, G: Any, **params: Any) -> tuple[tuple, tuple]:
+    # [Note: spectral second order]: the primitive (S, G) -> V(S, G).
+    _, res = _spectral_forward(xp, S, **params)
+    if res.above is not None and not bool(xp.all(res.above)):
+        raise NotImplementedError(
+            f"{params['op']}: the second derivative is implemented for spectra above the eigenvalue floor; this input "
+            "has eigenvalues clamped at the floor. Add a ridge (S + eps I) or pass floor=None for positive definite S.")
+    return _spectral_vjp(xp, res, G, **params), (res, G)
+
+
+def _spectral_vjp_vjp(xp: Any, saved: tuple, W: Any, *, fn: SpectralFunction, **params: Any) -> tuple:
+    res, G = saved
+    U, Ut = res.U, xp.matrix_transpose(res.U)
+    Gh, Wh = Ut @ sym(xp, G) @ U, Ut @ sym(xp, W) @ U
+    # dG = V(S, W): the Loewner matrix (its fast path: nothing floored or truncated here).
+    dG = U @ (_loewner(xp, fn, res, "exact", {}) * Wh) @ Ut
+    m = res.m
+    f3 = fn.dd2(xp, m[..., :, None, None], m[..., None, :, None], m[..., None, None, :])
+    # A_ab = sum_c f[a, b, c] Gh_ac Wh_cb (Wh symmetric: Wh_cb = Wh_bc).
+    A = xp.sum(f3 * Gh[..., :, None, :] * Wh[..., None, :, :], axis=-1)
+    return U @ (A + xp.matrix_transpose(A)) @ Ut, dG
+
+
+spectral_vjp_p = Primitive("spectral_vjp", _spectral_vjp_forward, _spectral_vjp_vjp, differentiable=(0, 1))
+
+
+def _spectral_second_order(params: dict) -> Primitive | None:
+    """``spectral_vjp_p`` where [Note: spectral second order] covers ``params``, else None."""
+    covered = (params["grad"] == "exact" and params["truncate"] == 0 and params["gain"] is None
+               and params["fn"].dd2 is not None)
+    return spectral_vjp_p if covered else None
+
+
+spectral_p = Primitive("spectral", _spectral_forward, _spectral_vjp, vjp_primitive=_spectral_second_order)
