@@ -126,10 +126,9 @@ def _differentiable_vjp(p: Primitive, inputs: list, cotangents: tuple, params: d
                         input_dtypes: tuple) -> tuple:
     """The input cotangents as a differentiable function of the inputs and the cotangents ([Note: torch double
     backward]): through ``p.vjp_primitive`` if the primitive has one, else by a differentiable recomputation."""
-    second = getattr(p, "vjp_primitive", None)
+    second = p.vjp_primitive(params) if p.vjp_primitive is not None else None
     if second is not None:
-        tensors = [x for x in inputs if x is not None]
-        outs = bind(second, (*inputs, *cotangents), params, None if cdtype == tensors[0].dtype else str(cdtype)[6:])
+        outs = bind(second, (*inputs, *cotangents), params, str(cdtype).removeprefix("torch."))
         return tuple(_cast(g, d) for g, d in zip(outs, input_dtypes, strict=True))
     xp = array_namespace(*[x for x in inputs if x is not None])
     _, residuals = p.forward(xp, *[_cast(x, cdtype) for x in inputs], **params)
