@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 
 from ._checks import check_array
 from ._primitive import Primitive, bind
-from ._xp import arange_like, diagonal, eye_like, sym
+from ._xp import arange_like, diagonal, eye_like
 from .covariance import covariance
 from .eigh import eigenvalue_floor, eigenvalue_floor_rel
 from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
@@ -179,12 +179,14 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
     across = fn.dd(xp, m[..., :, None], tau[..., None])[..., 0] * (m - tau)
     c = xp.where(above, xp.where(floor_kept, across, g), zero)
     e = c / xp.where(above, mu, xp.ones_like(mu))
-    out = (Y * (e / n)[..., None, :]) @ xp.matrix_transpose(Y) + g0[..., None] * eye_like(xp, X, d)
-    rho = None
+    rho, scale = None, xp.ones_like(tau)
     if gain == "seb":
         rho = xp.sqrt(xp.sum(xp.where(above, m * xp.exp(-2 * m), zero), axis=-1)
                       + (n_floored * tau * xp.exp(-2 * tau))[..., 0])
-        out = (1 + rho)[..., None, None] * out
+        scale = (1 + rho)[..., None]
+    # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
+    w, diag = scale * e / n, scale * g0
+    out = (Y * w[..., None, :]) @ xp.matrix_transpose(Y) + diag[..., None] * eye_like(xp, X, d)
     return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
 
 
@@ -193,8 +195,8 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, flo
     # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y.
     spec, Y, e = res.spectrum, res.Y, res.e
     n = Y.shape[-1]
-    Gs = sym(xp, G)
-    GY = Gs @ Y
+    # Gs Y as (G Y + G^T Y) / 2: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
+    GY = (G @ Y + xp.matrix_transpose(G) @ Y) / 2
     W = xp.matrix_transpose(Y) @ GY
     L = _loewner(xp, fn, spec, "exact", {})
     mu_safe = xp.where(spec.above, spec.l, xp.ones_like(spec.l))
@@ -209,7 +211,7 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, flo
         safe = xp.where(rho > 0, rho, xp.ones_like(rho))
         dm = (1 - 2 * spec.m) * xp.exp(-2 * spec.m) / (2 * safe[..., None])
         dm = xp.where((rho > 0)[..., None] & spec.above, dm, xp.zeros_like(dm))
-        g_dot_f = res.g0[..., 0] * xp.sum(diagonal(xp, Gs), axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
+        g_dot_f = res.g0[..., 0] * xp.sum(diagonal(xp, G), axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
         Z = (1 + rho)[..., None, None] * Z + Y * (g_dot_f[..., None] * dm)[..., None, :]
     dX = 2 * (Z @ xp.matrix_transpose(spec.U)) / n
     # The exact gradient is centred over positions (F depends on X - mean only); removing the mean removes round-off.
