@@ -351,15 +351,15 @@ def _spectral_vjp(xp: Any, res: _Spectrum, G: Any, *, fn: SpectralFunction, grad
 def _spectral_vjp_forward(xp: Any, S: Any, G: Any, **params: Any) -> tuple[tuple, tuple]:
     # [Note: spectral second order]: the primitive (S, G) -> V(S, G).
     _, res = _spectral_forward(xp, S, **params)
-    if res.above is not None and not bool(xp.all(res.above)):
-        raise NotImplementedError(
-            f"{params['op']}: the second derivative is implemented for spectra above the eigenvalue floor; this input "
-            "has eigenvalues clamped at the floor. Add a ridge (S + eps I) or pass floor=None for positive definite S.")
     return _spectral_vjp(xp, res, G, **params), (res, G)
 
 
-def _spectral_vjp_vjp(xp: Any, saved: tuple, W: Any, *, fn: SpectralFunction, **params: Any) -> tuple:
+def _spectral_vjp_vjp(xp: Any, saved: tuple, W: Any, *, fn: SpectralFunction, op: str, **params: Any) -> tuple:
     res, G = saved
+    if res.above is not None and not bool(xp.all(res.above)):
+        raise NotImplementedError(
+            f"{op}: the second derivative is implemented for spectra above the eigenvalue floor; this input has "
+            "eigenvalues clamped at the floor. Add a ridge (S + eps I) or pass floor=None for positive definite S.")
     U, Ut = res.U, xp.matrix_transpose(res.U)
     Gh, Wh = Ut @ sym(xp, G) @ U, Ut @ sym(xp, W) @ U
     # dG = V(S, W): the Loewner matrix (its fast path: nothing floored or truncated here).

@@ -1,0 +1,224 @@
+"""The PyTorch adapter: dispatch, dtype and device policy, gradcheck at distinct and exactly repeated eigenvalues,
+gradgradcheck (second divided differences at repeated eigenvalues), no_grad, and genericity over primitives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import torch
+from conftest import spd
+
+import eigpool
+from eigpool import Primitive, bind
+
+F64 = torch.float64
+
+
+def sym(A: torch.Tensor) -> torch.Tensor:
+    return (A + A.mT) / 2
+
+
+def tensor(a, **kw) -> torch.Tensor:
+    return torch.tensor(np.asarray(a), dtype=F64, **kw)
+
+
+SPECTRA = {
+    "distinct": [0.5, 0.9, 1.7, 3.1],
+    "repeated": [0.8, 0.8, 2.5, 2.5],
+    "triple": [0.6, 1.5, 1.5, 1.5],
+    "scalar": [1.3, 1.3, 1.3, 1.3],
+}
+
+# Every exact primitive, as a function of one symmetric-input tensor (wrapped in sym: eigpool rejects non-symmetric S).
+EXACT = {
+    "sqrtm": eigpool.sqrtm,
+    "invsqrtm": eigpool.invsqrtm,
+    "logm": eigpool.logm,
+    "powm(0.3)": lambda S: eigpool.powm(S, 0.3),
+    "powm(-1.5)": lambda S: eigpool.powm(S, -1.5),
+    "expm_neg": eigpool.expm_neg,
+    "seb": eigpool.seb,
+    "spectral(x^3)": lambda S: eigpool.spectral(S, lambda l: l**3, lambda l: 3 * l**2),
+    "truncate(1)": lambda S: eigpool.truncate(S, 1),
+    "sqrtm(truncate=1)": lambda S: eigpool.sqrtm(S, truncate=1),
+    # A symmetric function of the eigenvalues (single eigenvalues have a kink where they cross): tr exp(-S).
+    "eigh(eigenvalues)": lambda S: torch.exp(-eigpool.eigh(S).eigenvalues).sum(-1),
+    "ns_sqrtm": eigpool.ns_sqrtm,
+    "ns_invsqrtm": eigpool.ns_invsqrtm,
+    "triu_vec": eigpool.triu_vec,
+}
+SPECTRAL = ["sqrtm", "invsqrtm", "logm", "powm(0.3)", "powm(-1.5)", "expm_neg", "seb", "spectral(x^3)"]
+SECOND_ORDER_AT_TIES = ["sqrtm", "invsqrtm"]
+
+
+# Truncating one eigenvalue of a tied pair is not differentiable (the cut jumps): those pairs are left out.
+GRADCHECK_CASES = [(name, spectrum) for name in EXACT for spectrum in SPECTRA
+                   if not ("truncate" in name and SPECTRA[spectrum][0] == SPECTRA[spectrum][1])]
+
+
+@pytest.mark.parametrize(("name", "spectrum"), GRADCHECK_CASES)
+def test_gradcheck_every_exact_primitive(name, spectrum):
+    S = tensor(spd(3, SPECTRA[spectrum]), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda A: EXACT[name](sym(A)), (S,))
+
+
+def test_gradcheck_eigenvectors_at_distinct_eigenvalues():
+    # A sign-invariant function of the eigenvectors: U diag(w) U^T.
+    S = tensor(spd(4, SPECTRA["distinct"]), requires_grad=True)
+    w = torch.arange(1.0, 5.0, dtype=F64)
+
+    def f(A):
+        U = eigpool.eigh(sym(A)).eigenvectors
+        return (U * w) @ U.mT
+
+    assert torch.autograd.gradcheck(f, (S,))
+
+
+def test_gradcheck_covariance_and_triu_unvec():
+    X = torch.randn(2, 3, 7, dtype=F64, requires_grad=True)
+    v = torch.randn(2, 6, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(eigpool.covariance, (X,))
+    assert torch.autograd.gradcheck(eigpool.triu_unvec, (v,))
+
+
+@pytest.mark.parametrize("name", SPECTRAL)
+def test_gradgradcheck_spectral_functions_at_distinct_eigenvalues(name):
+    S = tensor(spd(5, SPECTRA["distinct"]), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda A: EXACT[name](sym(A)), (S,))
+
+
+@pytest.mark.parametrize("spectrum", ["repeated", "triple", "scalar"])
+@pytest.mark.parametrize("name", SECOND_ORDER_AT_TIES)
+def test_gradgradcheck_at_exactly_repeated_eigenvalues(name, spectrum):
+    # Second divided differences ([Note: spectral second order]): finite and exact where eigh's own derivative is not.
+    S = tensor(spd(6, SPECTRA[spectrum]), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda A: EXACT[name](sym(A)), (S,))
+
+
+def test_second_derivative_of_sqrtm_at_a_scalar_matrix_is_the_closed_form():
+    # S = c I: sqrt(cI + E) = sqrt(c) (I + E/(2c) - E^2/(8c^2) + ...), so D^2 sqrt(S)[H, K] = -(HK + KH) / (8 c^(3/2))
+    # and, for L = <W, Dsqrt(S)[H]> with symmetric H and W, dL/dS = -(HW + WH) / (8 c^(3/2)).
+    c = 2.0
+    rng = np.random.default_rng(0)
+    H, W = (tensor(sym(torch.tensor(rng.standard_normal((4, 4))))) for _ in range(2))
+    S = (c * torch.eye(4, dtype=F64)).requires_grad_(True)
+    (g,) = torch.autograd.grad(eigpool.sqrtm(S), S, H, create_graph=True)
+    (gg,) = torch.autograd.grad(g, S, W)
+    expected = -(H @ W + W @ H) / (8 * c**1.5)
+    torch.testing.assert_close(sym(gg), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_second_order_clamped_spectrum_is_refused_with_the_alternative():
+    S = tensor(spd(7, [0.0, 1.0, 2.0, 3.0]), requires_grad=True)
+    (g,) = torch.autograd.grad(eigpool.sqrtm(S).sum(), S, create_graph=True)
+    with pytest.raises(NotImplementedError, match="ridge"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtype_is_kept_and_the_math_runs_in_float64(dtype):
+    S = spd(8, [0.5, 1.0, 2.0, 4.0])
+    ref = sl.sqrtm(S).real
+    x = torch.tensor(S).to(dtype)
+    out = eigpool.sqrtm(x)
+    assert out.dtype == dtype and out.device == x.device
+    # The only rounding left is the input's and the output's, each to the input dtype.
+    exact = np.real(sl.sqrtm(x.double().numpy()))
+    tol = (2 * torch.finfo(dtype).eps + 1e-14) * np.abs(exact).max()
+    assert np.abs(out.double().numpy() - exact).max() <= tol
+    assert np.abs(out.double().numpy() - ref).max() <= 10 * tol
+
+
+def test_compute_dtype_is_configurable():
+    S = torch.tensor(spd(9, np.geomspace(1e-3, 1.0, 6)), dtype=torch.float32)
+    wide = eigpool.sqrtm(S)
+    narrow = eigpool.sqrtm(S, compute_dtype=None)
+    exact = torch.tensor(np.real(sl.sqrtm(S.double().numpy())))
+    assert wide.dtype == narrow.dtype == torch.float32
+    assert (wide.double() - exact).abs().max() < (narrow.double() - exact).abs().max()
+    torch.testing.assert_close(wide, eigpool.sqrtm(S.double()).float(), rtol=0, atol=0)
+
+
+def test_gradients_keep_the_input_dtype():
+    x = torch.randn(2, 4, 30, dtype=torch.float32, requires_grad=True)
+    eigpool.triu_vec(eigpool.sqrtm(eigpool.covariance(x))).sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+def test_values_and_gradients_match_the_numpy_backend():
+    S = spd(10, SPECTRA["triple"])
+    G = np.random.default_rng(1).standard_normal((4, 4))
+    out, pullback = eigpool.vjp(eigpool.invsqrtm, S)
+    (ref_grad,) = pullback(G)
+    x = tensor(S, requires_grad=True)
+    y = eigpool.invsqrtm(x)
+    y.backward(tensor(G))
+    np.testing.assert_allclose(y.detach().numpy(), out, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_no_grad_and_inputs_without_grad_build_no_graph():
+    S = tensor(spd(11, SPECTRA["distinct"]))
+    assert eigpool.sqrtm(S).grad_fn is None
+    with torch.no_grad():
+        y = eigpool.sqrtm(S.clone().requires_grad_(True))
+    assert y.grad_fn is None and not y.requires_grad
+    torch.testing.assert_close(y, eigpool.sqrtm(S), rtol=0, atol=0)
+
+
+def test_bad_input_is_rejected_with_the_argument_named():
+    with pytest.raises(ValueError, match="'S' must be symmetric"):
+        eigpool.sqrtm(torch.randn(3, 3, dtype=F64))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        eigpool.sqrtm(torch.full((2, 2), float("nan"), dtype=F64))
+
+
+# A primitive defined here, with no torch code: the generic adapter must make it differentiable as it stands.
+def _scale_forward(xp, x, w, *, power):
+    factor = 2.0 if w is None else w
+    return (x**power * factor,), (x, factor)
+
+
+def _scale_vjp(xp, res, g, *, power):
+    x, factor = res
+    return (g * power * x ** (power - 1) * factor, None)
+
+
+scale_p = Primitive("test_scale", _scale_forward, _scale_vjp, differentiable=(0,))
+
+
+def test_a_new_primitive_is_differentiable_without_torch_code():
+    x = torch.rand(3, 2, dtype=F64) + 0.5
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: bind(scale_p, x, None, power=3)[0], (x,))
+    assert torch.autograd.gradgradcheck(lambda x: bind(scale_p, x, None, power=3)[0], (x,))
+    w = torch.full((3, 2), 0.5, dtype=F64, requires_grad=True)
+    (y,) = bind(scale_p, x, w, power=2)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach() * 0.5)
+    assert w.grad is None  # not a differentiable input of the primitive
+
+
+def test_residuals_are_saved_not_kept_alive_by_a_cycle():
+    import gc
+    import weakref
+
+    S = tensor(spd(12, SPECTRA["distinct"]), requires_grad=True)
+    y = eigpool.eigh(S).eigenvalues
+    ref = weakref.ref(y.grad_fn)
+    del y
+    gc.disable()
+    try:
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the device-preservation test needs a GPU")
+def test_cuda_tensors_stay_on_their_device():
+    S = tensor(spd(13, SPECTRA["repeated"])).cuda().float().requires_grad_(True)
+    y = eigpool.sqrtm(S)
+    y.sum().backward()
+    assert y.device == S.device and S.grad.device == S.device and y.dtype == torch.float32
+    torch.testing.assert_close(y.cpu().double(), eigpool.sqrtm(S.detach().cpu().double()), rtol=1e-6, atol=1e-6)
