@@ -47,6 +47,7 @@ from eigpool import (
     truncate,
 )
 from eigpool._primitive import Primitive, compute_dtype_of, run_vjp
+from eigpool.gram import PATHS, pooled, resolve_path
 
 __all__ = ["CovariancePooling", "GCPHead", "MatrixFunction", "bind", "covariance", "eigh", "expm_neg", "invsqrtm",
            "logm", "ns_invsqrtm", "ns_sqrtm", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate"]
@@ -261,6 +262,10 @@ class GCPHead(nn.Module):
     including the diagonal, row by row. Covariance, normalisation and vectorisation all run in ``compute_dtype``
     (default float64, as the reference method requires); the vector is cast back to the input dtype once, at the end.
 
+    path: "auto" (default) computes the eigen normalisation of S through the N x N Gram matrix when there are fewer
+    positions than channels, N = H*W < d (eigpool.gram: the same function and gradient, O(d^2 N) instead of a d x d
+    eigendecomposition); "dense" always decomposes S; "gram" always takes the Gram route (method "eigen", grad "exact").
+
     Attributes: ``out_features`` = d(d+1)/2 (32,896 for d = 256), ``reduce`` (the reduction block or None),
     ``normalise`` (the MatrixFunction).
     """
@@ -268,8 +273,13 @@ class GCPHead(nn.Module):
     def __init__(self, in_channels: int, reduction: int | None = 256, method: str = "eigen", fn: str = "sqrt",
                  grad: str = "exact", seb: bool = False, truncate: int = 0, iterations: int = 5,
                  compute_dtype: str | None = "float64", p: float | None = None, floor: float | str | None = "auto",
-                 kernel_options: dict | None = None) -> None:
+                 kernel_options: dict | None = None, path: str = "auto") -> None:
         super().__init__()
+        _check_choice("GCPHead", "path", path, PATHS)
+        if path == "gram" and (method, grad) != ("eigen", "exact"):
+            raise ValueError(f"GCPHead: path='gram' is an exact eigen route; it needs method='eigen' and grad='exact', "
+                             f"got method={method!r}, grad={grad!r}")
+        self.path = path
         for key, value in (("in_channels", in_channels), ("reduction", reduction)):
             if not (value is None and key == "reduction") and (isinstance(value, bool) or not isinstance(value, int)
                                                               or value < 1):
@@ -297,8 +307,13 @@ class GCPHead(nn.Module):
         dtype = x.dtype
         if self.compute_dtype is not None:
             x = x.to(getattr(torch, self.compute_dtype))
+        f, positions = self.normalise, x.shape[2] * x.shape[3]
+        if f.method == "eigen" and resolve_path("GCPHead", self.path, self.dim, positions, f.grad) == "gram":
+            return triu_vec(pooled(x.flatten(2), f.fn, p=f.p, floor=f.floor, truncate=f.truncate, seb=f.seb,
+                                   path="gram", compute_dtype=f.compute_dtype)).to(dtype)
         S = covariance(x.flatten(2), compute_dtype=None)
         return triu_vec(self.normalise(S)).to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, reduction={self.reduction}, out_features={self.out_features}"
+        return (f"in_channels={self.in_channels}, reduction={self.reduction}, out_features={self.out_features}"
+                + (f", path={self.path!r}" if self.path != "auto" else ""))

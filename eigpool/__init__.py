@@ -8,6 +8,7 @@ for tensors (``eigpool.backends.torch``).
 from ._primitive import Primitive, bind, vjp
 from .covariance import covariance
 from .eigh import KERNELS, EighResult, eigh
+from .gram import pooled
 from .newton_schulz import ns_invsqrtm, ns_sqrtm
 from .spectral import GRADS, expm_neg, invsqrtm, logm, powm, seb, spectral, sqrtm, truncate
 from .triu import triu_unvec, triu_vec
@@ -16,5 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GRADS", "KERNELS", "EighResult", "Primitive", "bind", "covariance", "eigh", "expm_neg", "invsqrtm", "logm",
-    "ns_invsqrtm", "ns_sqrtm", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp",
+    "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate",
+    "vjp",
 ]

@@ -241,3 +241,26 @@ def test_bad_calls_raise_clear_errors(call):
     fn, error, match = BAD_CALLS[call]
     with pytest.raises(error, match=match):
         fn(features(16, 12, 5, [1.0, 0.5]))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"seb": True}, {"fn": "power", "p": 0.5, "truncate": 10}],
+                         ids=["sqrt", "seb", "power truncate"])
+def test_gcp_head_takes_the_gram_route_when_positions_are_fewer_than_channels(kwargs):
+    torch = pytest.importorskip("torch")
+    from eigpool.backends.torch import GCPHead
+
+    x = torch.tensor(features(17, 12, 6, [2.0, 1.5, 1.0, 0.5], batch=(2,)).reshape(2, 12, 2, 3))
+    results = {}
+    for path in ("auto", "gram", "dense"):
+        xx = x.clone().requires_grad_(True)
+        y = GCPHead(12, reduction=None, path=path, **kwargs)(xx)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
+        results[path] = (y.detach().numpy(), xx.grad.numpy())
+    for a, b in zip(results["auto"], results["gram"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(results["gram"], results["dense"], strict=True):
+        assert _relative(a, b) < 1e-10
+    with pytest.raises(ValueError, match="path must be one of"):
+        GCPHead(12, reduction=None, path="svd")
+    with pytest.raises(ValueError, match="needs method='eigen' and grad='exact'"):
+        GCPHead(12, reduction=None, path="gram", method="newton_schulz")
