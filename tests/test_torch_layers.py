@@ -1,0 +1,231 @@
+"""torch.nn layers (CovariancePooling, MatrixFunction, GCPHead) and the benchmark command's quick mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import torch
+from conftest import spd
+
+import eigpool
+from eigpool.backends.torch import CovariancePooling, GCPHead, MatrixFunction
+from eigpool.validation import bench
+
+F64 = torch.float64
+
+
+def batch_spd(seeds, spectrum) -> torch.Tensor:
+    return torch.tensor(np.stack([spd(s, spectrum) for s in seeds]), dtype=F64)
+
+
+def test_covariance_pooling_matches_numpy_cov():
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float32)
+    S = CovariancePooling()(x)
+    assert S.shape == (3, 5, 5) and S.dtype == torch.float32
+    for b in range(3):
+        ref = np.cov(x[b].double().reshape(5, -1).numpy(), bias=True)
+        np.testing.assert_allclose(S[b].double().numpy(), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(CovariancePooling()(x.flatten(2)), S, rtol=0, atol=0)
+
+
+SCIPY = {
+    "sqrt": lambda S: np.real(sl.sqrtm(S)),
+    "invsqrt": lambda S: np.linalg.inv(np.real(sl.sqrtm(S))),
+    "log": lambda S: np.real(sl.logm(S)),
+    "power": lambda S: np.real(sl.fractional_matrix_power(S, 0.7)),
+}
+
+
+@pytest.mark.parametrize("fn", SCIPY)
+def test_matrix_function_eigen_matches_scipy(fn):
+    S = batch_spd([1, 2], [0.3, 0.9, 1.6, 4.0])
+    out = MatrixFunction(fn=fn, p=0.7 if fn == "power" else None)(S)
+    for b in range(2):
+        np.testing.assert_allclose(out[b].numpy(), SCIPY[fn](S[b].numpy()), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("fn", ["sqrt", "invsqrt"])
+def test_matrix_function_newton_schulz_is_the_core_iteration(fn):
+    S = batch_spd([3], [0.3, 0.9, 1.6, 4.0])
+    out = MatrixFunction(method="newton_schulz", fn=fn, iterations=7)(S)
+    core = (eigpool.ns_sqrtm if fn == "sqrt" else eigpool.ns_invsqrtm)(S[0].numpy(), iterations=7)
+    np.testing.assert_allclose(out[0].numpy(), core, rtol=1e-12, atol=1e-12)
+    # Seven steps on this well-conditioned spectrum are close to the exact function (an independent check).
+    np.testing.assert_allclose(out[0].numpy(), SCIPY[fn](S[0].numpy()), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("grad", ["taylor", "pade", "clip", "power_iteration", "eigh"])
+def test_matrix_function_approximate_kernels_give_the_exact_gradient_on_well_separated_spectra(grad):
+    # Ratios l_j / l_i <= 0.5: Taylor-100's error r^101 and the Pade kernel's (delta / x)^4 are far below 1e-8, and the
+    # power iteration kernel with enough steps converges (its error is r^n).
+    options = {"iterations": 80} if grad == "power_iteration" else None
+    S = batch_spd([4], [0.5, 1.0, 2.0, 4.0]).requires_grad_(True)
+    G = torch.randn(1, 4, 4, dtype=F64)
+    (exact,) = torch.autograd.grad(MatrixFunction(fn="sqrt")(S), S, G)
+    layer = MatrixFunction(fn="sqrt", grad=grad, kernel_options=options)
+    (approx,) = torch.autograd.grad(layer(S), S, G)
+    torch.testing.assert_close(approx, exact, rtol=1e-8, atol=1e-10)
+
+
+def test_matrix_function_gradcheck_and_truncation_and_seb():
+    S = batch_spd([5], [0.2, 0.8, 1.7, 3.0]).requires_grad_(True)
+    for layer in (MatrixFunction(fn="power", p=0.5, truncate=1), MatrixFunction(seb=True)):
+        assert torch.autograd.gradcheck(lambda A, layer=layer: layer((A + A.mT) / 2), (S,))
+    l, U = np.linalg.eigh(S[0].detach().numpy())
+    kept = np.sqrt(l) * (np.arange(4) >= 1)
+    np.testing.assert_allclose(MatrixFunction(truncate=1)(S)[0].detach().numpy(), (U * kept) @ U.T, atol=1e-12)
+    gain = 1 + np.sqrt(np.sum(l * np.exp(-2 * l)))
+    np.testing.assert_allclose(MatrixFunction(seb=True)(S)[0].detach().numpy(), gain * (U * np.sqrt(l)) @ U.T,
+                               rtol=1e-12)
+
+
+def test_gcp_head_computes_in_float64_and_returns_the_input_dtype():
+    torch.manual_seed(0)
+    head = GCPHead(6, reduction=None)
+    x = torch.rand(2, 6, 5, 5, dtype=torch.float32)
+    v = head(x)
+    assert v.shape == (2, head.out_features) and head.out_features == 21 and v.dtype == torch.float32
+    for b in range(2):
+        S = np.cov(x[b].double().reshape(6, -1).numpy(), bias=True)
+        Q = np.real(sl.sqrtm(S))
+        ref = Q[np.triu_indices(6)]
+        # float64 inside: the only float32 rounding is the input's and the final cast.
+        np.testing.assert_allclose(v[b].double().numpy(), ref, rtol=2e-7, atol=1e-7)
+
+
+def test_gcp_head_with_reduction_shapes_state_dict_and_eval():
+    torch.manual_seed(1)
+    head = GCPHead(16, reduction=8)
+    assert head.out_features == 36
+    x = torch.randn(4, 16, 6, 6)
+    head(x).sum().backward()  # one training step's statistics: running mean and variance change
+    assert head.reduce[0].weight.grad is not None and torch.isfinite(head.reduce[0].weight.grad).all()
+    twin = GCPHead(16, reduction=8)
+    twin.load_state_dict(head.state_dict())
+    head.eval()
+    twin.eval()
+    with torch.no_grad():
+        out = head(x)
+        torch.testing.assert_close(twin(x), out, rtol=0, atol=0)
+        # In eval mode each sample is independent of the others in the batch.
+        torch.testing.assert_close(head(x[1:2]), out[1:2], rtol=1e-6, atol=1e-7)
+    assert not out.requires_grad
+
+
+def test_gcp_head_on_singular_covariances_has_finite_gradients():
+    # 3 x 3 map: N - 1 = 8 < d = 12, so the covariance has at least four zero eigenvalues (the floor applies).
+    torch.manual_seed(2)
+    head = GCPHead(12, reduction=None)
+    x = torch.randn(2, 12, 3, 3, dtype=F64, requires_grad=True)
+    head(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
+def test_gcp_head_gradcheck():
+    head = GCPHead(4, reduction=None, fn="invsqrt")
+    x = torch.randn(2, 4, 3, 4, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(head, (x,))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(method="newton_schulz", truncate=2), dict(method="eigen", fn="sqrt", seb=True, truncate=1),
+    dict(method="newton_schulz", fn="sqrt", iterations=3), dict(fn="log", grad="taylor", kernel_options={"degree": 50}),
+])
+def test_gcp_head_variants_run_forward_and_backward(kwargs):
+    if kwargs.get("method") == "newton_schulz" and kwargs.get("truncate"):
+        with pytest.raises(ValueError, match="newton_schulz"):
+            GCPHead(8, reduction=None, **kwargs)
+        return
+    head = GCPHead(8, reduction=None, **kwargs)
+    x = torch.rand(2, 8, 5, 5, requires_grad=True)
+    head(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_repr_shows_the_configuration():
+    text = repr(GCPHead(32, reduction=16, grad="taylor", kernel_options={"degree": 20}))
+    for part in ("in_channels=32", "reduction=16", "out_features=136", "method='eigen'", "grad='taylor'",
+                 "kernel_options={'degree': 20}", "compute_dtype='float64'"):
+        assert part in text
+    assert "iterations=5" in repr(MatrixFunction(method="newton_schulz"))
+
+
+@pytest.mark.parametrize(("layer", "kwargs", "match"), [
+    (MatrixFunction, dict(method="svd"), "method must be one of"),
+    (MatrixFunction, dict(fn="cbrt"), "fn must be one of"),
+    (MatrixFunction, dict(method="newton_schulz", fn="log"), "fn must be one of"),
+    (MatrixFunction, dict(grad="magic"), "grad must be one of"),
+    (MatrixFunction, dict(fn="power"), "p is the exponent"),
+    (MatrixFunction, dict(fn="sqrt", p=2.0), "p is the exponent"),
+    (MatrixFunction, dict(fn="power", p=float("nan")), "finite real number"),
+    (MatrixFunction, dict(iterations=0), "iterations must be"),
+    (MatrixFunction, dict(truncate=-1), "truncate must be"),
+    (MatrixFunction, dict(method="newton_schulz", grad="taylor"), "newton_schulz"),
+    (MatrixFunction, dict(fn="log", truncate=2), "undefined"),
+    (MatrixFunction, dict(fn="invsqrt", seb=True), "seb=True"),
+    (MatrixFunction, dict(grad="exact", kernel_options={"degree": 3}), "kernel_options"),
+    (MatrixFunction, dict(grad="taylor", kernel_options={"order": 3}), "unexpected option"),
+    (MatrixFunction, dict(compute_dtype="float16"), "compute_dtype"),
+    (GCPHead, dict(in_channels=0), "in_channels must be"),
+    (GCPHead, dict(in_channels=8, reduction=0), "reduction must be"),
+    (GCPHead, dict(in_channels=8, reduction=None, truncate=8), "truncate must be smaller"),
+], ids=lambda v: v.__name__ if isinstance(v, type) else str(v) if isinstance(v, dict) else "")
+def test_bad_configurations_fail_when_the_layer_is_built(layer, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer(**kwargs)
+
+
+def test_bad_input_shape_names_the_layer():
+    with pytest.raises(ValueError, match=r"GCPHead: input must be \(B, 8, H, W\)"):
+        GCPHead(8, reduction=None)(torch.rand(2, 7, 3, 3))
+    with pytest.raises(ValueError, match="CovariancePooling"):
+        CovariancePooling()(torch.rand(7, 3))
+
+
+def test_bench_baselines_compute_the_same_layer():
+    # Every exact method (plain eigh, SVD-Pade, the floor) gives eigpool's vector and gradient on a spectrum with
+    # distinct eigenvalues; the two Newton-Schulz layers agree with each other.
+    case = bench.Case(2, 5, 40, "float64")
+    X = torch.randn(2, 5, 40, dtype=F64)
+    w = torch.randn(2, 15, dtype=F64)
+    results = {}
+    for name, build in bench.BASELINES.items():
+        x = X.clone().requires_grad_(True)
+        y = build(case)(x)
+        y.backward(w)
+        results[name] = (y.detach(), x.grad)
+    for group in (("eigpool_exact", "torch_eigh", "svd_pade", "floor"), ("eigpool_ns", "torch_ns")):
+        for name in group[1:]:
+            for a, b in zip(results[name], results[group[0]], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_bench_pade_coefficients_reproduce_the_geometric_series():
+    # METHODS.md: the [50/50] approximant equals 1/(1-x) to ~5e-12 on [0, 0.999] and has Q(1) = 0.
+    p, q = bench._pade_coefficients()
+    x = np.linspace(0, 0.999, 50)
+    P, Q = np.polyval(p[::-1], x), np.polyval(q[::-1], x)
+    np.testing.assert_allclose(P / Q, 1 / (1 - x), rtol=1e-10)
+    assert abs(sum(q)) < 1e-15
+
+
+def test_bench_quick_mode_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        status = bench.main(["--quick", "--batch", "2", "--dim", "4", "--positions", "9", "--dtype", "float64",
+                             "--repeats", "1", "--warmup", "0", "--min-seconds", "0", "--json", str(out),
+                             "--markdown"])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert report["environment"]["threads"] == 1 and "torch" in report["environment"]["versions"]
+    (row,) = report["results"]
+    assert row["case"] == {"batch": 2, "dim": 4, "positions": 9, "dtype": "float64"}
+    assert set(row["seconds"]) == set(bench.BASELINES)
+    assert set(row["ratios"]) == {col for col, _, _ in bench.RATIOS}
+    assert "| B=2 d=4 N=9 float64 |" in capsys.readouterr().out
