@@ -153,7 +153,7 @@ def test_repr_shows_the_configuration():
     assert "iterations=5" in repr(MatrixFunction(method="newton_schulz"))
 
 
-@pytest.mark.parametrize(("layer", "kwargs", "match"), [
+BAD_CONFIGURATIONS = [
     (MatrixFunction, dict(method="svd"), "method must be one of"),
     (MatrixFunction, dict(fn="cbrt"), "fn must be one of"),
     (MatrixFunction, dict(method="newton_schulz", fn="log"), "fn must be one of"),
@@ -172,7 +172,14 @@ def test_repr_shows_the_configuration():
     (GCPHead, dict(in_channels=0), "in_channels must be"),
     (GCPHead, dict(in_channels=8, reduction=0), "reduction must be"),
     (GCPHead, dict(in_channels=8, reduction=None, truncate=8), "truncate must be smaller"),
-], ids=lambda v: v.__name__ if isinstance(v, type) else str(v) if isinstance(v, dict) else "")
+]
+
+
+BAD_IDS = [f"{layer.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+           for layer, kwargs, _ in BAD_CONFIGURATIONS]
+
+
+@pytest.mark.parametrize(("layer", "kwargs", "match"), BAD_CONFIGURATIONS, ids=BAD_IDS)
 def test_bad_configurations_fail_when_the_layer_is_built(layer, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         layer(**kwargs)
