@@ -110,8 +110,9 @@ def spd_matrices(d: int | st.SearchStrategy[int], kind: str | st.SearchStrategy[
                  **options: Any) -> st.SearchStrategy[Any]:
     """Strategy of symmetric PSD matrices (*batch, d, d) with spectra of ``kind`` (a value or a strategy for each).
 
-    Every matrix of a batch has its own seed. xp: an array namespace (``numpy``, ``torch``, ``array_api_strict``,
-    ...; default NumPy) and ``dtype`` the name of its dtype; the matrix is built in float64 and then converted.
+    Every matrix of a batch has its own seed (all different). xp: an array namespace (``numpy``, ``torch``,
+    ``array_api_strict``, ...; default NumPy) and ``dtype`` the name of its dtype; the matrix is built in float64
+    and then converted.
 
     Example::
 
@@ -129,5 +130,5 @@ def spd_matrices(d: int | st.SearchStrategy[int], kind: str | st.SearchStrategy[
             return s.astype(dtype)
         return xp.asarray(s, dtype=getattr(xp, dtype))
 
-    seeds = st.lists(st.integers(0, 2**32 - 1), min_size=count, max_size=count)
+    seeds = st.lists(st.integers(0, 2**32 - 1), min_size=count, max_size=count, unique=True)
     return st.builds(build, seeds, ds, kinds)
