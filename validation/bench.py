@@ -19,6 +19,9 @@ one forward and one backward pass (cotangent fixed per case), all in the case's 
   (covariance, U sqrt(l) U^T; U^T G U, U (L o .) U^T, dS Xc): the cost below which no exact layer can go.
 
 Cases and baselines are plain tables (``CASES``, ``BASELINES``): add a row or a named builder to extend the bench.
+``--rank-aware`` runs ``RANK_CASES`` instead (B = 4, d = 1024 and 2048 channels over N = 196 positions, float32
+features computed in float64): GCPHead's automatic path (the Gram route of eigpool.gram, since N < d) against its
+dense path and the original SVD-Pade layer, with the peak resident memory of a fresh process running each.
 Reported: median time per method and the ratios svd_pade / eigpool_exact, torch_eigh / eigpool_exact (> 1: eigpool is
 faster), eigpool_exact / floor (>= 1; close to 1 is good) and torch_ns / eigpool_ns. Wall-clock medians after warm-up;
 threads, versions and the machine are recorded in the JSON file.
@@ -36,10 +39,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
-__all__ = ["BASELINES", "CASES", "QUICK_CASES", "Case", "main", "run"]
+__all__ = ["BASELINES", "CASES", "QUICK_CASES", "RANK_BASELINES", "RANK_CASES", "Case", "main", "peak_memory", "run",
+           "run_rank_aware"]
 
 
 @dataclass(frozen=True)
@@ -354,6 +358,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(up to 10x the repeats; default 2)")
     ap.add_argument("--json", default="eigpool_bench.json", help="output file (default eigpool_bench.json; '' none)")
     ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    ap.add_argument("--rank-aware", action="store_true", help="only the rank-aware cases (RANK_CASES: B=4, d=1024 and "
+                    "2048, N=196, float32 features computed in float64) with peak memory; several minutes")
     return ap.parse_args(argv)
 
 
@@ -374,8 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.quick:
         args.repeats, args.min_seconds = min(args.repeats, 3), min(args.min_seconds, 0.5)
-    report = run(_cases(args), args.methods, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                 min_seconds=args.min_seconds)
+    if args.rank_aware:
+        report = run_rank_aware(threads=args.threads, warmup=args.warmup, repeats=min(args.repeats, 3))
+    else:
+        report = run(_cases(args), args.methods, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                     min_seconds=args.min_seconds)
     if args.markdown:
         print(markdown(report))
     if args.json:
@@ -383,6 +392,99 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rank-aware cases (eigpool.gram): more channels than positions, as in the original FGVC scripts (2048 ResNet-50
+# channels over a 14 x 14 map, N = 196). Features are float32 and every method computes in float64, as those scripts
+# do. Time: round robin in this process (``_time_case``). Peak memory: one forward + backward per method in a fresh
+# process, whose maximum resident set size (ru_maxrss) is reported with its size just before the layer ran.
+
+RANK_CASES: list[Case] = [Case(4, 1024, 196, "float32"), Case(4, 2048, 196, "float32")]
+
+
+def _float64_head(path: str) -> Callable[[Case], Callable]:
+    def build(case: Case) -> Callable:
+        from eigpool.backends.torch import GCPHead
+
+        head = GCPHead(case.dim, reduction=None, compute_dtype="float64", path=path)
+        return lambda X: head(X[..., None])
+
+    return build
+
+
+def _svd_pade_float64(case: Case) -> Callable:
+    layer = _svd_pade(replace(case, dtype="float64"))
+    return lambda X: layer(X.double()).to(X.dtype)
+
+
+RANK_BASELINES: dict[str, Callable[[Case], Callable]] = {
+    "eigpool_auto": _float64_head("auto"),  # the Gram route (eigpool.gram) when N < d: what GCPHead users get
+    "eigpool_dense": _float64_head("dense"),
+    "svd_pade": _svd_pade_float64,
+}
+RANK_RATIOS: list[tuple[str, str, str]] = [
+    ("pade/auto", "svd_pade", "eigpool_auto"),
+    ("dense/auto", "eigpool_dense", "eigpool_auto"),
+]
+
+
+def _max_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _memory_child(case: dict, method: str, threads: int, seed: int) -> None:
+    """The child side of ``peak_memory``: one forward + backward, then print the sizes as JSON (MiB)."""
+    torch = _torch()
+    torch.set_num_threads(threads)
+    c = Case(**case)
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(c.batch, c.dim, c.positions, generator=gen, dtype=torch.float64).to(getattr(torch, c.dtype))
+    w = torch.randn(c.batch, c.dim * (c.dim + 1) // 2, generator=gen, dtype=torch.float64).to(X.dtype)
+    layer = RANK_BASELINES[method](c)
+    before = _max_rss_mib()
+    layer(X.requires_grad_(True)).backward(w)
+    print(json.dumps({"before": before, "peak": _max_rss_mib()}))
+
+
+def peak_memory(case: Case, method: str, threads: int = 1, seed: int = 0) -> dict[str, float]:
+    """Peak resident memory (MiB) of a fresh process running one forward + backward of ``RANK_BASELINES[method]``:
+    {"before": its peak before the layer ran (interpreter, torch, inputs), "peak": its peak at the end}."""
+    import subprocess
+
+    code = (f"from eigpool.validation.bench import _memory_child; "
+            f"_memory_child({asdict(case)!r}, {method!r}, {threads}, {seed})")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench: the memory run of {method} on {case} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_rank_aware(cases: Sequence[Case] = tuple(RANK_CASES), *, threads: int = 1, warmup: int = 1, repeats: int = 3,
+                   min_seconds: float = 0.0, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Time and peak memory of ``RANK_BASELINES`` on ``cases``: {"environment": ..., "results": [{case, seconds,
+    peak_mib, ratios}, ...]}; ratios > 1 mean the automatic (Gram) path is faster or smaller."""
+    _torch().set_num_threads(threads)
+    env = _environment(threads)
+    names = list(RANK_BASELINES)
+    log(_header(env).replace("covariance -> sqrtm -> triu", "covariance -> sqrtm -> triu, float64 compute"))
+    cols = [c for c, _, _ in RANK_RATIOS] + ["MiB dense/auto"]
+    log(" ".join([f"{'case':<28}"] + [f"{n:>13}" for n in names] + [f"{n + ' MiB':>18}" for n in names]
+                 + [f"{c:>15}" for c in cols]))
+    results = []
+    for case in cases:
+        seconds = _time_case(case, RANK_BASELINES, warmup, repeats, min_seconds, seed)
+        memory = {name: peak_memory(case, name, threads, seed) for name in names}
+        ratios = {col: seconds[a] / seconds[b] for col, a, b in RANK_RATIOS}
+        ratios["MiB dense/auto"] = memory["eigpool_dense"]["peak"] / memory["eigpool_auto"]["peak"]
+        results.append({"case": asdict(case), "seconds": seconds, "peak_mib": memory, "ratios": ratios})
+        log(" ".join([f"{case!s:<28}"] + [f"{1e3 * seconds[n]:>13.1f}" for n in names]
+                     + [f"{memory[n]['peak']:>18.0f}" for n in names] + [f"{ratios[c]:>15.2f}" for c in cols]
+                     + [f"  (before the layer: {min(m['before'] for m in memory.values()):.0f} MiB)"]))
+    return {"environment": env, "results": results}
 
 
 if __name__ == "__main__":
