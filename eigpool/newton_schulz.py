@@ -61,10 +61,11 @@ def _ns_forward(xp: Any, S: Any, *, iterations: int, output: str) -> tuple[tuple
     Y, Z = S / t, eye
     Ys, Zs, Ts = [Y], [Z], []
     for k in range(iterations):
-        T = (3 * eye - Z @ Y) / 2
+        # Z_0 = I: the first step needs no product with it (two matrix products saved, as iSQRT-COV does).
+        T = (3 * eye - (Y if k == 0 else Z @ Y)) / 2
         last = k == iterations - 1
         Y = Y @ T if not (last and output == "invsqrt") else None
-        Z = T @ Z if not (last and output == "sqrt") else None
+        Z = (T if k == 0 else T @ Z) if not (last and output == "sqrt") else None
         Ts.append(T)
         Ys.append(Y)
         Zs.append(Z)
@@ -88,6 +89,11 @@ def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, iterations: int, output: str) -> tu
         gT, gYp, gZp = 0, 0, 0
         if gY is not None:
             gYp, gT = gY @ mT(T), mT(Yp) @ gY
+        if k == 1:
+            # Z_0 = I is a constant: no adjoint for it, and its products are the identity.
+            gT = gT + gZ if gZ is not None else gT
+            gY = gYp - gT / 2
+            break
         if gZ is not None:
             gZp, gT = mT(T) @ gZ, gT + gZ @ mT(Zp)
         gP = -gT / 2
