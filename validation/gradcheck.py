@@ -295,7 +295,8 @@ class _TorchAdapter:
         self._torch, self._device = torch, like.device
 
     def to_framework(self, a: np.ndarray) -> Any:
-        return self._torch.as_tensor(np.ascontiguousarray(a), dtype=self._torch.float64, device=self._device)
+        # np.array keeps 0-d shapes (np.ascontiguousarray would make them 1-d).
+        return self._torch.as_tensor(np.array(a, dtype=np.float64, order="C"), device=self._device)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x.detach().cpu().numpy(), dtype=np.float64)
