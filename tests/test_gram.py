@@ -264,3 +264,22 @@ def test_gcp_head_takes_the_gram_route_when_positions_are_fewer_than_channels(kw
         GCPHead(12, reduction=None, path="svd")
     with pytest.raises(ValueError, match="needs method='eigen' and grad='exact'"):
         GCPHead(12, reduction=None, path="gram", method="newton_schulz")
+
+
+def test_rank_aware_bench_reports_time_memory_and_ratios(monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("mpmath")
+    from eigpool.validation import bench
+
+    case = bench.Case(2, 24, 6, "float32")
+    # One real fresh-process measurement; the table itself with a stand-in (each child process imports torch).
+    measured = bench.peak_memory(case, "eigpool_auto")
+    assert measured["peak"] >= measured["before"] > 0
+    sizes = {"eigpool_auto": 100.0, "eigpool_dense": 150.0, "svd_pade": 300.0}
+    monkeypatch.setattr(bench, "peak_memory", lambda case, name, *args: {"before": 50.0, "peak": sizes[name]})
+    lines = []
+    (result,) = bench.run_rank_aware([case], repeats=1, log=lines.append)["results"]
+    assert set(result["seconds"]) == set(bench.RANK_BASELINES) == set(result["peak_mib"])
+    assert result["ratios"]["MiB dense/auto"] == 1.5
+    assert set(result["ratios"]) == {"pade/auto", "dense/auto", "MiB dense/auto"}
+    assert len(lines) == 3 and "B=2 d=24 N=6 float32" in lines[-1]
