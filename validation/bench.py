@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Rank-aware cases (eigpool.gram): more channels than positions, as in the original FGVC scripts (2048 ResNet-50
 # channels over a 14 x 14 map, N = 196). Features are float32 and every method computes in float64, as those scripts
 # do. Time: round robin in this process (``_time_case``). Peak memory: one forward + backward per method in a fresh
-# process, whose maximum resident set size (ru_maxrss) is reported with its size just before the layer ran.
+# process, whose maximum resident set size (VmHWM) is reported with its peak just before the layer ran.
 
 RANK_CASES: list[Case] = [Case(4, 1024, 196, "float32"), Case(4, 2048, 196, "float32")]
 
@@ -430,9 +430,15 @@ RANK_RATIOS: list[tuple[str, str, str]] = [
 
 
 def _max_rss_mib() -> float:
-    import resource
+    """This process's peak resident set size in MiB: VmHWM of /proc/self/status. Not ru_maxrss: Linux carries it
+    over from the forking parent through exec, so a child of a large process would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _memory_child(case: dict, method: str, threads: int, seed: int) -> None:
