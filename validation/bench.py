@@ -92,7 +92,8 @@ def _covariance(X):
 def _eigpool_exact(case: Case) -> Callable:
     from eigpool.backends.torch import GCPHead
 
-    head = GCPHead(case.dim, reduction=None, compute_dtype=None)
+    # The dense layer (covariance -> eigh -> Loewner -> triu) at every N; the Gram route for N < d is --rank-aware's.
+    head = GCPHead(case.dim, reduction=None, compute_dtype=None, path="dense")
     return lambda X: head(X[..., None])
 
 
@@ -238,8 +239,9 @@ RATIOS: list[tuple[str, str, str]] = [
 
 
 def _time_case(case: Case, methods: dict[str, Callable], warmup: int, repeats: int, min_seconds: float,
-               seed: int) -> dict[str, float]:
-    """Median seconds of forward + backward per method; methods run round robin so drift affects all alike."""
+               seed: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of forward + backward per method, read on ``clock``; methods run round robin so drift affects
+    all alike."""
     torch = _torch()
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, case.dtype)
@@ -249,9 +251,9 @@ def _time_case(case: Case, methods: dict[str, Callable], warmup: int, repeats: i
 
     def step(layer: Callable) -> float:
         x = X.detach().requires_grad_(True)
-        start = time.perf_counter()
+        start = clock()
         layer(x).backward(w)
-        return time.perf_counter() - start
+        return clock() - start
 
     for _ in range(warmup):
         for layer in layers.values():
@@ -291,21 +293,35 @@ def _environment(threads: int) -> dict:
             "system": platform.system(), "versions": versions}
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def run(cases: Sequence[Case], methods: Sequence[str] | None = None, *, threads: int = 1, warmup: int = 1,
-        repeats: int = 5, min_seconds: float = 1.0, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Time every method on every case; returns {"environment": ..., "results": [{case, seconds, ratios}, ...]}."""
+        repeats: int = 5, min_seconds: float = 1.0, seed: int = 0, clock: str = "auto",
+        log: Callable[[str], None] = print) -> dict:
+    """Time every method on every case; returns {"environment": ..., "results": [{case, seconds, ratios}, ...]}.
+
+    clock: "wall" (elapsed time), "cpu" (this process's CPU time: with one thread it equals the elapsed time on an
+    idle machine and does not count time spent waiting for other processes on a shared one), or "auto" (cpu with one
+    thread, wall otherwise).
+    """
     torch = _torch()
     torch.set_num_threads(threads)
     names = list(BASELINES) if methods is None else list(methods)
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"bench: unknown method(s) {unknown}; known: {sorted(BASELINES)}")
-    env = _environment(threads)
+    if clock == "auto":
+        clock = "cpu" if threads == 1 else "wall"
+    if clock not in CLOCKS:
+        raise ValueError(f"bench: clock must be 'auto' or one of {sorted(CLOCKS)}, got {clock!r}")
+    env = {**_environment(threads), "clock": clock}
     log(_header(env))
     log(_row_header(names))
     results = []
     for case in cases:
-        seconds = _time_case(case, {n: BASELINES[n] for n in names}, warmup, repeats, min_seconds, seed)
+        seconds = _time_case(case, {n: BASELINES[n] for n in names}, warmup, repeats, min_seconds, seed,
+                             CLOCKS[clock])
         ratios = {col: seconds[a] / seconds[b] for col, a, b in RATIOS if a in seconds and b in seconds}
         results.append({"case": asdict(case), "seconds": seconds, "ratios": ratios})
         log(_row(case, names, seconds, ratios))
@@ -314,8 +330,9 @@ def run(cases: Sequence[Case], methods: Sequence[str] | None = None, *, threads:
 
 def _header(env: dict) -> str:
     v = env["versions"]
-    return (f"eigpool bench: forward + backward of covariance -> sqrtm -> triu, median ms; {env['threads']} thread(s), "
-            f"torch {v['torch']}, {env['cpu']}")
+    clock = f" ({env['clock']} time)" if "clock" in env else ""
+    return (f"eigpool bench: forward + backward of covariance -> sqrtm -> triu, median ms{clock}; "
+            f"{env['threads']} thread(s), torch {v['torch']}, {env['cpu']}")
 
 
 def _row_header(names: Sequence[str]) -> str:
@@ -356,6 +373,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case, at least (default 5)")
     ap.add_argument("--min-seconds", type=float, default=2.0, help="keep timing a case until this much time has passed "
                     "(up to 10x the repeats; default 2)")
+    ap.add_argument("--clock", default="auto", choices=("auto", *CLOCKS), help="wall or process CPU time (default "
+                    "auto: cpu with one thread, wall otherwise)")
     ap.add_argument("--json", default="eigpool_bench.json", help="output file (default eigpool_bench.json; '' none)")
     ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     ap.add_argument("--rank-aware", action="store_true", help="only the rank-aware cases (RANK_CASES: B=4, d=1024 and "
@@ -384,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_rank_aware(threads=args.threads, warmup=args.warmup, repeats=min(args.repeats, 3))
     else:
         report = run(_cases(args), args.methods, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                     min_seconds=args.min_seconds)
+                     min_seconds=args.min_seconds, clock=args.clock)
     if args.markdown:
         print(markdown(report))
     if args.json:
