@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 
 from ._checks import check_array
 from ._primitive import Primitive, bind
-from ._xp import arange_like, diagonal, eye_like
+from ._xp import arange_like, diagonal
 from .covariance import covariance
 from .eigh import eigenvalue_floor, eigenvalue_floor_rel
 from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
@@ -186,8 +186,18 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
         scale = (1 + rho)[..., None]
     # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
     w, diag = scale * e / n, scale * g0
-    out = (Y * w[..., None, :]) @ xp.matrix_transpose(Y) + diag[..., None] * eye_like(xp, X, d)
+    out = _add_to_diagonal(xp, (Y * w[..., None, :]) @ xp.matrix_transpose(Y), diag)
     return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
+
+
+def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
+    """A + c I for A (..., d, d) that this module just created, c (..., 1): O(d) writes into A's diagonal (every
+    (d+1)-th entry of the flattened matrix) instead of building c I and adding it, two more d x d passes. Correct
+    whether or not reshape returns a view: only the returned array is used."""
+    d = A.shape[-1]
+    flat = xp.reshape(A, (*A.shape[:-2], d * d))
+    flat[..., :: d + 1] = flat[..., :: d + 1] + c
+    return xp.reshape(flat, A.shape)
 
 
 def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
