@@ -12,6 +12,7 @@ from eigpool import (
                      logm,
                      ns_invsqrtm,
                      ns_sqrtm,
+                     pooled,
                      powm,
                      seb,
                      spectral,
@@ -22,5 +23,5 @@ from eigpool import (
                      vjp,
 )
 
-__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "powm", "seb", "spectral",
-           "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]
+__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb",
+           "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]

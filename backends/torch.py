@@ -50,7 +50,8 @@ from eigpool._primitive import Primitive, compute_dtype_of, run_vjp
 from eigpool.gram import PATHS, pooled, resolve_path
 
 __all__ = ["CovariancePooling", "GCPHead", "MatrixFunction", "bind", "covariance", "eigh", "expm_neg", "invsqrtm",
-           "logm", "ns_invsqrtm", "ns_sqrtm", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate"]
+           "logm", "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec",
+           "truncate"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
