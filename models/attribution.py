@@ -69,8 +69,8 @@ from torch import Tensor, nn
 import eigpool
 
 __all__ = ["BackpropMaps", "EigenGroup", "EigenState", "GCPParts", "accuracy_curves", "backprop_attribution", "band",
-           "eigen_state", "gcp_parts", "group_mask_matrix", "largest", "logits_from_covariance", "partition",
-           "perturbation_logits", "perturbation_map", "perturbed_covariance", "smallest", "upsample"]
+           "eigen_state", "from_model", "gcp_parts", "group_mask_matrix", "largest", "logits_from_covariance",
+           "partition", "perturbation_logits", "perturbation_map", "perturbed_covariance", "smallest", "upsample"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,6 +164,16 @@ def gcp_parts(backbone: Callable[[Tensor], Tensor], head: nn.Module, classifier:
                             f"eigpool.backends.torch.GCPHead; {type(head).__name__} has no {attr!r}")
     dtype = None if head.compute_dtype is None else getattr(torch, head.compute_dtype)
     return GCPParts(backbone, head.reduce, head.normalise, classifier, dtype)
+
+
+def from_model(model: nn.Module) -> GCPParts:
+    """Parts of an ``eigpool.models.heads.FGVCNet`` (or any module with ``forward_features``, a GCPHead-like ``head``
+    and a ``classifier``): ``model(x) == classifier(head(forward_features(x)))``."""
+    missing = [a for a in ("forward_features", "head", "classifier") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"from_model: model must have forward_features, head and classifier (as FGVCNet); "
+                        f"{type(model).__name__} has no {missing}")
+    return gcp_parts(model.forward_features, model.head, model.classifier)
 
 
 class EigenState(NamedTuple):
