@@ -34,7 +34,9 @@ order; Bhatia, Matrix Analysis, Thm V.3.3), with Gh = U^T sym(G) U and Wh = U^T 
     dG = V(S, W)   (DF(S) is self-adjoint),      dS = U (A + A^T) U^T,   A_ab = sum_c f[l_a, l_b, l_c] Gh_ac Wh_cb,
 
 the second divided differences f[a, b, c] of f, exact at ties (f[a, a, a] = f''(a) / 2). With r = sqrt(l):
-sqrt: -1 / ((ra + rb)(rb + rc)(ra + rc));  inverse sqrt: (ra + rb + rc) / (ra rb rc (ra + rb)(rb + rc)(ra + rc)).
+sqrt: -1 / ((ra + rb)(rb + rc)(ra + rc));  inverse sqrt: (ra + rb + rc) / (ra rb rc (ra + rb)(rb + rc)(ra + rc));
+log, power and exp(-x): the recurrence (f[y, z] - f[x, y]) / (z - x) on the sorted triple where it has no
+cancellation, a third-order Taylor expansion in the near-tie band (``_dd2_from``).
 So second derivatives stay finite and exact at repeated eigenvalues. ``spectral_vjp_p`` implements it for grad="exact"
 without truncation or SEB, for the functions with a ``dd2`` and spectra above the floor; it builds the (..., d, d, d)
 tensor f[l_a, l_b, l_c] (memory d^3 per matrix: meant for double backward, gradient penalties and checks).
@@ -101,6 +103,29 @@ def _invsqrt_dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
     return (ra + rb + rc) / (ra * rb * rc * (ra + rb) * (rb + rc) * (ra + rc))
 
 
+def _dd2_from(dd: Callable, higher: Callable, unit: float) -> Callable:
+    """The second divided difference f[a, b, c] from f's first one ``dd`` and ``higher(xp, y)`` = (f'', f''', f'''').
+
+    With x <= y <= z the sorted triple: (f[y, z] - f[x, y]) / (z - x) where the spread z - x exceeds 1e-4 times the
+    scale max(|x|, |z|, unit) (round-off about eps / 1e-4, relative); below it the Taylor expansion about y,
+    f''(y)/2 + f'''(y)/6 h1 + f''''(y)/24 h2 with h1 = dx + dz, h2 = dx^2 + dx dz + dz^2 (dx = x - y, dz = z - y), whose
+    truncation error is O(1e-12) relative. Exact at ties: f[y, y, y] = f''(y)/2.
+    """
+
+    def dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
+        x, z = xp.minimum(xp.minimum(a, b), c), xp.maximum(xp.maximum(a, b), c)
+        y = xp.maximum(xp.minimum(a, b), xp.minimum(xp.maximum(a, b), c))
+        spread = z - x
+        wide = spread > 1e-4 * xp.maximum(xp.maximum(xp.abs(x), xp.abs(z)), xp.full_like(z, unit))
+        far = (dd(xp, y, z) - dd(xp, x, y)) / xp.where(wide, spread, xp.ones_like(spread))
+        f2, f3, f4 = higher(xp, y)
+        dx, dz = x - y, z - y
+        near = f2 / 2 + f3 / 6 * (dx + dz) + f4 / 24 * (dx * dx + dx * dz + dz * dz)
+        return xp.where(wide, far, near)
+
+    return dd2
+
+
 def _log_dd(xp: Any, a: Any, b: Any) -> Any:
     lo, hi, gap = _lo_hi(xp, a, b)
     return xp.where(gap > 0, xp.log1p(gap / lo) / _nonzero(xp, gap), 1.0 / lo)
@@ -122,7 +147,12 @@ def _power(p: float) -> SpectralFunction:
         far = (hi**p - lo**p) / _nonzero(xp, gap)
         return xp.where(t < 1, near, far)
 
-    return SpectralFunction(f"power({p!r})", lambda xp, l: l**p, lambda xp, l: p * l ** (p - 1), dd, True)
+    def higher(xp: Any, y: Any) -> tuple:
+        c2, c3, c4 = p * (p - 1), p * (p - 1) * (p - 2), p * (p - 1) * (p - 2) * (p - 3)
+        return c2 * y ** (p - 2), c3 * y ** (p - 3), c4 * y ** (p - 4)
+
+    return SpectralFunction(f"power({p!r})", lambda xp, l: l**p, lambda xp, l: p * l ** (p - 1), dd, True,
+                            _dd2_from(dd, higher, 0.0))
 
 
 SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
@@ -130,8 +160,10 @@ SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
                              _sqrt_dd2),
     "invsqrt": SpectralFunction("invsqrt", lambda xp, l: 1.0 / xp.sqrt(l), lambda xp, l: -0.5 / (l * xp.sqrt(l)),
                                 _invsqrt_dd, True, _invsqrt_dd2),
-    "log": SpectralFunction("log", lambda xp, l: xp.log(l), lambda xp, l: 1.0 / l, _log_dd, True),
-    "exp_neg": SpectralFunction("exp_neg", lambda xp, l: xp.exp(-l), lambda xp, l: -xp.exp(-l), _exp_neg_dd, False),
+    "log": SpectralFunction("log", lambda xp, l: xp.log(l), lambda xp, l: 1.0 / l, _log_dd, True,
+                            _dd2_from(_log_dd, lambda xp, y: (-1.0 / y**2, 2.0 / y**3, -6.0 / y**4), 0.0)),
+    "exp_neg": SpectralFunction("exp_neg", lambda xp, l: xp.exp(-l), lambda xp, l: -xp.exp(-l), _exp_neg_dd, False,
+                                _dd2_from(_exp_neg_dd, lambda xp, y: (xp.exp(-y), -xp.exp(-y), xp.exp(-y)), 1.0)),
     "identity": SpectralFunction("identity", lambda xp, l: l, lambda xp, l: xp.ones_like(l),
                                  lambda xp, a, b: xp.ones_like(a + b), False),
 }
