@@ -328,10 +328,19 @@ def _spectral_forward(xp: Any, S: Any, *, fn: SpectralFunction, grad: str, optio
 def _loewner(xp: Any, fn: SpectralFunction, res: _Spectrum, grad: str, options: dict) -> Any:
     """The matrix L of [Note: Loewner backward] (..., d, d) for the residuals of a forward pass."""
     l, m, g, above, keep = res.l, res.m, res.g, res.above, res.keep
-    if grad == "exact" and bool(xp.all(keep if above is None else keep & above)):
-        # The usual case, nothing floored or truncated: L_ij = f[m_i, m_j]. Each built-in dd is exact at a == b, where
-        # it equals f'(a), so this is the whole matrix, diagonal included (the general route below gives the same).
-        return fn.dd(xp, m[..., :, None], m[..., None, :])
+    if grad == "exact" and bool(xp.all(keep)):
+        # Nothing truncated: L_ij = f[m_i, m_j] times the floor factor, fewer passes than the general route below and
+        # the same values. Each built-in dd is exact at a == b, where it equals f'(a): the diagonal is included.
+        mi, mj = m[..., :, None], m[..., None, :]
+        if above is None or bool(xp.all(above)):
+            return fn.dd(xp, mi, mj)  # nothing floored: the factor is 1
+        # The factor (m_i - m_j)/(l_i - l_j) is 1 above the floor and 0 below; on tied pairs (and the diagonal) it is
+        # 1 unless both eigenvalues are below the floor, where g is constant.
+        gap = l[..., :, None] - l[..., None, :]
+        tied = xp.abs(gap) <= tie_tolerance(xp, l)
+        either_above = xp.astype(above[..., :, None] | above[..., None, :], gap.dtype)
+        factor = xp.where(tied, either_above, (mi - mj) / xp.where(tied, xp.ones_like(gap), gap))
+        return fn.dd(xp, mi, mj) * factor
     li, lj = l[..., :, None], l[..., None, :]
     gap = li - lj
     tied = xp.abs(gap) <= tie_tolerance(xp, l)
