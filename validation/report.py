@@ -40,7 +40,7 @@ from eigpool.eigh import kernel_matrix
 from .gradcheck import check_grads, check_vjp
 from .strategies import spd_matrix
 
-__all__ = ["Config", "FAMILIES_FULL", "METHODS", "run"]
+__all__ = ["Config", "METHODS", "run"]
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -88,7 +88,6 @@ class Config:
 
 
 QUICK = Config(d=6, samples=2, mp_samples=1, mp_d=6, mp_dps=30, fd_d=4, gaps=(1e-2, 1e-8), conditions=(1e2, 1e8))
-FAMILIES_FULL = _families(Config.gaps, Config.conditions, Config.d)
 
 
 @dataclass(frozen=True)
@@ -565,7 +564,8 @@ def _markdown(results: dict) -> str:
             "function, so its error includes the forward error. The references themselves, exact (float64) and SEB "
             "(float64), are measured in section 1. `float32` = computed in float32 "
             "(`compute_dtype=None`); `float32 in, float64 compute` is eigpool's default for float32 input.", ""]
-    out += ["![gradient error vs eigen-gap](figures/gradient_error_vs_gap.png)", ""]
+    out += ["Methods: " + "; ".join(f"`{m.name}`" + (f" ({m.note})" if m.note else "") for m in METHODS) + ".", "",
+            "![gradient error vs eigen-gap](figures/gradient_error_vs_gap.png)", ""]
     header = ["method (precision)"] + [f["short"] for f in fams]
     out += ["### Gradient error", ""]
     shown = {k: v for k, v in results["methods"].items() if k not in REFERENCES}
