@@ -32,8 +32,10 @@ PSD matrix gives finite values; pass ``floor=`` to choose the floor explicitly.
 
 Ties: pairs with |l_i - l_j| <= tie_tol, tie_tol = d * eps * max|l| (per matrix), are numerically degenerate; the exact
 and clip kernels set K_ij = 0 there. The eigenvectors of a repeated eigenvalue are any orthonormal basis of its
-eigenspace; K_ij = 0 is the derivative in the gauge that does not rotate that basis, and it is the exact gradient of
-every function of S that does not depend on the basis chosen (all spectral functions: see eigpool.spectral).
+eigenspace and have no derivative; K_ij = 0 is a convention, the gauge that does not rotate the basis. It keeps every
+gradient finite, but a chain rule through (l, U) cannot be exact at a tie: for F = U g(l) U^T it misses the term
+g'(l) (U^T dS U)_ij inside the repeated eigenspace (every kernel route does; the accuracy report measures it). The
+spectral functions of eigpool.spectral avoid the eigenvectors' derivative and are exact there.
 """
 
 from __future__ import annotations
