@@ -69,8 +69,9 @@ from torch import Tensor, nn
 import eigpool
 
 __all__ = ["BackpropMaps", "EigenGroup", "EigenState", "GCPParts", "accuracy_curves", "backprop_attribution", "band",
-           "eigen_state", "from_model", "gcp_parts", "group_mask_matrix", "largest", "logits_from_covariance",
-           "partition", "perturbation_logits", "perturbation_map", "perturbed_covariance", "smallest", "upsample"]
+           "eigen_state", "from_model", "gcp_parts", "group_effects", "group_mask_matrix", "largest",
+           "logits_from_covariance", "partition", "perturbation_logits", "perturbation_map", "perturbed_covariance",
+           "smallest", "upsample"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -233,27 +234,39 @@ def perturbation_logits(parts: GCPParts, images: Tensor, groups: Sequence[EigenG
 
 
 @torch.no_grad()
-def accuracy_curves(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], ks: Sequence[int],
-                    alpha: float = 0.0) -> list[dict[str, Any]]:
-    """Accuracy and mean true-class score drop over a data set with the k smallest / k largest eigenvalues attenuated.
+def group_effects(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], groups: Sequence[EigenGroup],
+                  alpha: float = 0.0) -> list[dict[str, Any]]:
+    """Accuracy and mean true-class score drop over a data set with each group attenuated by ``alpha`` (definition 1).
 
-    batches: (images (B, 3, H, W), targets (B,)) pairs. Returns one row per (removed, k) with removed in
-    ("smallest", "largest"): {"removed", "k", "alpha", "accuracy", "score_drop", "n"}; k = 0 is the unperturbed model.
+    batches: (images (B, 3, H, W), targets (B,)) pairs. Returns one row per group:
+    {"group": name, "alpha", "accuracy", "score_drop", "n"}.
     """
-    groups = [(side, k, EigenGroup(side, k)) for side in ("smallest", "largest") for k in ks]
     correct = torch.zeros(len(groups), dtype=torch.float64)
     drop = torch.zeros(len(groups), dtype=torch.float64)
     n = 0
     for images, targets in batches:
-        base, perturbed = perturbation_logits(parts, images, [g for _, _, g in groups], alpha)
+        base, perturbed = perturbation_logits(parts, images, groups, alpha)
         idx = targets[None, :, None].expand(len(groups), -1, 1)
         correct += (perturbed.argmax(-1) == targets).sum(-1).double()
-        drop += (base.gather(1, targets[:, None])[None, ..., 0] - perturbed.gather(2, idx)[..., 0]).sum(-1).double()
+        drop += (base.gather(1, targets[:, None])[None, :, 0] - perturbed.gather(2, idx)[..., 0]).sum(-1).double()
         n += targets.numel()
     if n == 0:
-        raise ValueError("accuracy_curves: batches yielded no images")
-    return [{"removed": side, "k": k, "alpha": alpha, "accuracy": float(c) / n, "score_drop": float(s) / n, "n": n}
-            for (side, k, _), c, s in zip(groups, correct, drop, strict=True)]
+        raise ValueError("group_effects: batches yielded no images")
+    return [{"group": g.name, "alpha": alpha, "accuracy": float(c) / n, "score_drop": float(s) / n, "n": n}
+            for g, c, s in zip(groups, correct, drop, strict=True)]
+
+
+def accuracy_curves(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], ks: Sequence[int],
+                    alpha: float = 0.0) -> list[dict[str, Any]]:
+    """``group_effects`` of the k smallest and the k largest eigenvalues for each k in ``ks``.
+
+    Returns one row per (removed, k), removed in ("smallest", "largest"): {"removed", "k", "alpha", "accuracy",
+    "score_drop", "n"}; k = 0 is the unperturbed model.
+    """
+    keys = [(side, k) for side in ("smallest", "largest") for k in ks]
+    rows = group_effects(parts, batches, [EigenGroup(side, k) for side, k in keys], alpha)
+    return [{"removed": side, "k": k, **{key: row[key] for key in ("alpha", "accuracy", "score_drop", "n")}}
+            for (side, k), row in zip(keys, rows, strict=True)]
 
 
 @torch.no_grad()
