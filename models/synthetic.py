@@ -3,17 +3,18 @@
 Every image is a stationary Gaussian texture. The image (3 x s x s) is cut into non-overlapping p x p patches; each
 patch, flattened to a vector of D = 3 p^2 values, is an independent draw from N(0, Sigma_c) of its class c, and the
 whole image is multiplied by a random gain g ~ U(1 - gain_jitter, 1 + gain_jitter) (an illumination nuisance).
-All classes therefore share their first-order statistics (mean 0) and their total variance (trace): they differ only in
-second-order structure, which is what global covariance pooling measures.
+All classes therefore share their first-order statistics (mean 0) and their expected total variance (trace): they
+differ only in second-order structure, which is what global covariance pooling measures.
 
 Class covariances. R^D is split once (from the seed) into a shared subspace of dimension D - k, spanned by the columns
 of V, and its complement, spanned by C (k columns). Class c rotates the complement by its own random orthogonal R_c:
 
-    Sigma_c = V V^T * shared_variance + (C R_c) diag(s) (C R_c)^T,
+    Sigma_{c,i} = V diag(u_i) V^T + (C R_c) diag(s) (C R_c)^T,   u_i ~ U(1 - shared_jitter, 1 + shared_jitter)^(D-k),
 
-s = k class eigenvalues, distinct (a rotation of an isotropic block would not change Sigma_c). The variants:
-- "standard": s is larger than the shared variance (the class-specific directions are the top eigenvectors);
-- "small": s is much smaller than the shared variance (the class-specific directions have small eigenvalues, the
+u_i a per-image nuisance on the shared variances (mean 1), s = k class eigenvalues, distinct (a rotation of an
+isotropic block would not change Sigma_c). The variants:
+- "standard": s is larger than the mean shared variance (the class-specific directions are the top eigenvectors);
+- "small": s is much smaller than the mean shared variance (the class-specific directions have small eigenvalues, the
   regime of the TPAMI 2022 paper, where truncating small eigenvalues removes the signal).
 
 Splits are drawn with one generator per split (seed, split), so ``train``, ``val`` and ``test`` are disjoint draws and
@@ -45,7 +46,8 @@ class SyntheticSpec:
     num_classes: int = 10
     image_size: int = 32
     patch: int = 2
-    gain_jitter: float = 0.4
+    gain_jitter: float = 0.2
+    shared_jitter: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,8 +59,9 @@ class SyntheticSpec:
                              f"({self.patch})")
         if self.num_classes < 2:
             raise ValueError(f"SyntheticSpec: num_classes must be >= 2, got {self.num_classes}")
-        if not 0 <= self.gain_jitter < 1:
-            raise ValueError(f"SyntheticSpec: gain_jitter must be in [0, 1), got {self.gain_jitter}")
+        for key in ("gain_jitter", "shared_jitter"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"SyntheticSpec: {key} must be in [0, 1), got {getattr(self, key)}")
 
     @property
     def dim(self) -> int:
@@ -72,16 +75,20 @@ def _orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
-def class_covariances(spec: SyntheticSpec) -> torch.Tensor:
-    """The class covariances Sigma_c, float64 of shape (num_classes, D, D), from the module docstring's formula."""
+def _class_bases(spec: SyntheticSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(V, W, s): the shared basis V (D, D - k), the class bases W (classes, D, k) and the class eigenvalues s (k,)."""
     gen = torch.Generator().manual_seed(spec.seed)
     s = torch.tensor(SYNTHETIC_VARIANTS[spec.variant], dtype=torch.float64)
     k = s.numel()
     basis = _orthogonal(spec.dim, gen)
     shared, complement = basis[:, k:], basis[:, :k]
-    base = shared @ shared.T
-    rotated = torch.stack([complement @ _orthogonal(k, gen) for _ in range(spec.num_classes)])
-    return base + rotated @ torch.diag_embed(s.expand(spec.num_classes, k)) @ rotated.transpose(-1, -2)
+    return shared, torch.stack([complement @ _orthogonal(k, gen) for _ in range(spec.num_classes)]), s
+
+
+def class_covariances(spec: SyntheticSpec) -> torch.Tensor:
+    """The class covariances Sigma_c (the expectation over the per-image jitter), float64 (num_classes, D, D)."""
+    shared, rotated, s = _class_bases(spec)
+    return shared @ shared.T + rotated @ torch.diag_embed(s.expand(len(rotated), -1)) @ rotated.transpose(-1, -2)
 
 
 class SyntheticFGVC(Dataset):
@@ -105,12 +112,15 @@ class SyntheticFGVC(Dataset):
     def _generate(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
         gen = torch.Generator().manual_seed(1_000_003 * spec.seed + 7919 * _SPLIT_OFFSET[self.split] + 1)
-        chol = torch.linalg.cholesky(class_covariances(spec))
+        shared, rotated, s = _class_bases(spec)
         cells = spec.image_size // spec.patch
         n = per_class * spec.num_classes
         targets = torch.arange(spec.num_classes).repeat_interleave(per_class)
-        z = torch.randn(n, cells * cells, spec.dim, generator=gen, dtype=torch.float64)
-        patches = z @ chol[targets].transpose(-1, -2)
+        z_shared = torch.randn(n, cells * cells, shared.shape[1], generator=gen, dtype=torch.float64)
+        z_class = torch.randn(n, cells * cells, s.numel(), generator=gen, dtype=torch.float64)
+        # Per-image variances of the shared directions, u ~ U(1 - jitter, 1 + jitter): a nuisance in the shared part.
+        u = 1 + spec.shared_jitter * (2 * torch.rand(n, 1, shared.shape[1], generator=gen, dtype=torch.float64) - 1)
+        patches = (z_shared * u.sqrt()) @ shared.T + (z_class * s.sqrt()) @ rotated[targets].transpose(-1, -2)
         gain = 1 + spec.gain_jitter * (2 * torch.rand(n, 1, 1, generator=gen, dtype=torch.float64) - 1)
         patches = patches * gain
         # (n, cells_y, cells_x, 3, p, p) -> (n, 3, cells_y, p, cells_x, p) -> (n, 3, s, s)
