@@ -139,7 +139,7 @@ def read_cars(root: str) -> tuple[Samples, Samples, list[str]]:
         records = _mat_records("cars", root, all_in_one, ("relative_im_path", "class", "test"))
         train = [(os.path.join(root, str(p)), int(c) - 1) for p, c, t in records if not int(t)]
         test = [(os.path.join(root, str(p)), int(c) - 1) for p, c, t in records if int(t)]
-        names = [str(n) for n in _loadmat(all_in_one).get("class_names", [])]
+        names = [str(n).strip() for n in _loadmat(all_in_one).get("class_names", [])]
     else:
         test_annos = os.path.join(root, "cars_test_annos_withlabels.mat")
         if not os.path.isfile(test_annos):
@@ -150,7 +150,7 @@ def read_cars(root: str) -> tuple[Samples, Samples, list[str]]:
         train = [(os.path.join(root, "cars_train", str(f)), int(c) - 1) for f, c in train_records]
         test = [(os.path.join(root, "cars_test", str(f)), int(c) - 1) for f, c in test_records]
         meta = os.path.join(root, "devkit", "cars_meta.mat")
-        names = [str(n) for n in _loadmat(meta).get("class_names", [])] if os.path.isfile(meta) else []
+        names = [str(n).strip() for n in _loadmat(meta).get("class_names", [])] if os.path.isfile(meta) else []
     num_classes = max(label for _, label in train + test) + 1
     return train, test, names if len(names) == num_classes else [f"class_{c:03d}" for c in range(1, num_classes + 1)]
 
