@@ -96,7 +96,7 @@ def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, iterations: int, output: str) -> tu
             break
         if gZ is not None:
             gZp, gT = mT(T) @ gZ, gT + gZ @ mT(Zp)
-        gP = -gT / 2
+        gP = gT * -0.5  # = -gT / 2 exactly, in one pass
         gY, gZ = gYp + mT(Zp) @ gP, gZp + gP @ mT(Yp)
     gA = gY
     g_t = g_t - xp.sum(gA * S, axis=(-2, -1))[..., None, None] / (t * t)
