@@ -310,8 +310,8 @@ class GCPHead(nn.Module):
             x = x.to(getattr(torch, self.compute_dtype))
         f, positions = self.normalise, x.shape[2] * x.shape[3]
         if f.method == "eigen" and resolve_path("GCPHead", self.path, self.dim, positions, f.grad) == "gram":
-            return triu_vec(pooled(x.flatten(2), f.fn, p=f.p, floor=f.floor, truncate=f.truncate, seb=f.seb,
-                                   path="gram", compute_dtype=f.compute_dtype)).to(dtype)
+            return pooled(x.flatten(2), f.fn, p=f.p, floor=f.floor, truncate=f.truncate, seb=f.seb, path="gram",
+                          triu=True, compute_dtype=f.compute_dtype).to(dtype)
         S = covariance(x.flatten(2), compute_dtype=None)
         return triu_vec(self.normalise(S)).to(dtype)
 

@@ -53,6 +53,7 @@ from ._xp import arange_like, diagonal
 from .covariance import covariance
 from .eigh import eigenvalue_floor, eigenvalue_floor_rel
 from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
+from .triu import _flat, _gather, _square, triu_vec
 
 __all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
 
@@ -60,11 +61,12 @@ __all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
 PATHS = ("auto", "dense", "gram")
 
 _NAMED = ("sqrt", "invsqrt", "log", "power")
+_TRIU, _FULL = 0, 2  # the gather maps of eigpool.triu: upper triangle row by row; symmetric matrix from the vector
 _DENSE_OPS = {"sqrt": "sqrtm", "invsqrt": "invsqrtm", "log": "logm", "power": "powm"}
 
 
 def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = None, floor: float | str | None = "auto",
-           truncate: int = 0, seb: bool = False, grad: str = "exact", path: str = "auto",
+           truncate: int = 0, seb: bool = False, grad: str = "exact", path: str = "auto", triu: bool = False,
            compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
     """Covariance pooling followed by a spectral function: F(S), S = Xc Xc^T / N, for features X.
 
@@ -83,6 +85,8 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
       dense path only.
     path: "auto" (the Gram route [Note: Gram route] when N < d and grad="exact", else dense), "dense" (covariance,
       then a d x d eigendecomposition) or "gram" (any shape; O(d^2 N + N^3) instead of O(d^3)).
+    triu: return ``eigpool.triu_vec`` of the result, (..., d(d+1)/2), the GCP vector. On the Gram route this is fused:
+      the backward builds the symmetric cotangent from the vector directly and needs one d x d x N product, not two.
     compute_dtype: dtype of the computation (default float64; None: X's own, half precision promoted to float32).
     """
     op = "pooled"
@@ -92,7 +96,8 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
     if chosen == "dense":
         name = _DENSE_OPS.get(fn, "spectral") if isinstance(fn, str) else "spectral"
         S = covariance(X, compute_dtype=compute_dtype)
-        return _apply("seb" if seb else name, S, spec, grad, floor, truncate, gain, compute_dtype, kernel_options)
+        F = _apply("seb" if seb else name, S, spec, grad, floor, truncate, gain, compute_dtype, kernel_options)
+        return triu_vec(F) if triu else F
     if kernel_options:
         raise TypeError(f"{op}: kernel options {sorted(kernel_options)} configure an approximate kernel; "
                         "path='gram' computes the exact gradient only")
@@ -101,7 +106,8 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
         raise ValueError(f"{op}: truncate must be an integer in [0, d) = [0, {d}), got {truncate!r}")
     # The relative floor depends on d and the dtype only: the (..., N, d) transpose carries both, as S would.
     rel = eigenvalue_floor_rel(xp.matrix_transpose(X), floor)
-    return bind(gram_spectral_p, X, compute_dtype=compute_dtype, fn=spec, floor=rel, truncate=truncate, gain=gain)[0]
+    return bind(gram_spectral_p, X, compute_dtype=compute_dtype, fn=spec, floor=rel, truncate=truncate, gain=gain,
+                triu=bool(triu))[0]
 
 
 def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str:
@@ -157,8 +163,8 @@ class _GramResiduals(NamedTuple):
     g0: Any
 
 
-def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
-                  gain: str | None) -> tuple[tuple, _GramResiduals]:
+def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None, truncate: int, gain: str | None,
+                  triu: bool) -> tuple[tuple, _GramResiduals]:
     d, n = X.shape[-2], X.shape[-1]
     Xc = X - xp.mean(X, axis=-1, keepdims=True)
     mu, V = xp.linalg.eigh(xp.matrix_transpose(Xc) @ Xc / n)
@@ -187,6 +193,8 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
     # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
     w, diag = scale * e / n, scale * g0
     out = _add_to_diagonal(xp, (Y * w[..., None, :]) @ xp.matrix_transpose(Y), diag)
+    if triu:
+        out = _gather(xp, _flat(xp, out), d, _TRIU)
     return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
 
 
@@ -201,12 +209,20 @@ def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
 
 
 def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
-              gain: str | None) -> tuple:
+              gain: str | None, triu: bool) -> tuple:
     # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y.
     spec, Y, e = res.spectrum, res.Y, res.e
-    n = Y.shape[-1]
-    # Gs Y as (G Y + G^T Y) / 2: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
-    GY = (G @ Y + xp.matrix_transpose(G) @ Y) / 2
+    d, n = Y.shape[-2], Y.shape[-1]
+    if triu:
+        # G is the cotangent of the vector: Gs = sym(upper-triangular scatter of G) = (Ws + diag(G_ii)) / 2 with Ws the
+        # symmetric matrix holding G_ij at (i, j) and (j, i): one gather and one product.
+        Ws = _square(xp, _gather(xp, G, d, _FULL), d)
+        g_diag = diagonal(xp, Ws)
+        GY = (Ws @ Y + g_diag[..., :, None] * Y) / 2
+    else:
+        # Gs Y as (G Y + G^T Y) / 2: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
+        g_diag = diagonal(xp, G)
+        GY = (G @ Y + xp.matrix_transpose(G) @ Y) / 2
     W = xp.matrix_transpose(Y) @ GY
     L = _loewner(xp, fn, spec, "exact", {})
     mu_safe = xp.where(spec.above, spec.l, xp.ones_like(spec.l))
@@ -221,7 +237,7 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, flo
         safe = xp.where(rho > 0, rho, xp.ones_like(rho))
         dm = (1 - 2 * spec.m) * xp.exp(-2 * spec.m) / (2 * safe[..., None])
         dm = xp.where((rho > 0)[..., None] & spec.above, dm, xp.zeros_like(dm))
-        g_dot_f = res.g0[..., 0] * xp.sum(diagonal(xp, G), axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
+        g_dot_f = res.g0[..., 0] * xp.sum(g_diag, axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
         Z = (1 + rho)[..., None, None] * Z + Y * (g_dot_f[..., None] * dm)[..., None, :]
     dX = 2 * (Z @ xp.matrix_transpose(spec.U)) / n
     # The exact gradient is centred over positions (F depends on X - mean only); removing the mean removes round-off.

@@ -78,6 +78,17 @@ def test_gram_path_equals_dense_path(name, spectrum):
     assert _relative(dg, dd) < 1e-10
 
 
+@pytest.mark.parametrize("name", ["sqrt", "seb", "log", "sqrt floor=1e-3"])
+def test_fused_triu_vector_equals_triu_vec_of_the_dense_path(name):
+    X = features(18, 14, 6, SPECTRA["below_floor"], batch=(2,))
+    w = np.random.default_rng(19).standard_normal((2, 14 * 15 // 2))
+    out, pullback = eigpool.vjp(lambda X: pooled(X, path="gram", triu=True, **FUNCTIONS[name]), X)
+    ref, pullback_ref = eigpool.vjp(lambda X: eigpool.triu_vec(pooled(X, path="dense", **FUNCTIONS[name])), X)
+    assert out.shape == (2, 105)
+    assert _relative(out, ref) < 1e-10 and _relative(pullback(w)[0], pullback_ref(w)[0]) < 1e-10
+    np.testing.assert_array_equal(pooled(X, path="dense", triu=True, **FUNCTIONS[name]), ref)
+
+
 @pytest.mark.parametrize("k", [0, 3, 8, 9, 10, 11, 12])
 @pytest.mark.parametrize("kwargs", [{}, {"seb": True}, {"fn": "power", "p": 0.5}], ids=["sqrt", "seb", "power(0.5)"])
 def test_truncation_agrees_on_both_paths(k, kwargs):
@@ -135,6 +146,7 @@ FD_CASES = {
     "sqrt truncate=11 floor=1e-3": ((14, 6), {"truncate": 11, "floor": 1e-3}),
     "invsqrt full rank": ((4, 9), {"fn": "invsqrt"}),
     "log full rank": ((4, 9), {"fn": "log"}),
+    "seb triu": ((14, 6), {"seb": True, "triu": True}),
     "power(-1.5) full rank": ((4, 9), {"fn": "power", "p": -1.5}),
 }
 
