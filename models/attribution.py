@@ -345,7 +345,8 @@ def backprop_attribution(parts: GCPParts, images: Tensor, targets: Tensor, group
     B, _, h, w = state.R.shape
     Xc = state.Xc.reshape(B, d, h, w)
     feature = (grad_R.to(Xc.dtype) * Xc).sum(2)
-    return BackpropMaps(feature, (grad_x * images.detach()).sum(2), grad_S, grad_R, grad_x)
+    return BackpropMaps(feature.detach(), (grad_x * images.detach()).sum(2).detach(), grad_S.detach(), grad_R.detach(),
+                        grad_x.detach())
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:

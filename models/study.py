@@ -1,0 +1,116 @@
+"""The small-eigenvalue study: ``python -m eigpool.models.study``.
+
+Trains three GCP models with the same budget (data, epochs, learning-rate schedule, seed, backbone, d) through the
+training entry point's ``train`` function, then runs the attribution command on each:
+
+- ``plain``: GCP with the exact matrix square root;
+- ``truncate``: the same with the ``--truncate`` smallest eigenvalues set to zero (default d / 2), in training and test;
+- ``seb``: GCP + SEB, the scaling eigen branch that amplifies the gradient of the small eigenvalues.
+
+Each run goes to ``<out>/study-<variant>-<model>`` (an existing finished run is reused, an unfinished one resumed).
+The attribution outputs go to ``<out>/attribution-<variant>-<model>``; with ``--figures DIR`` the PNGs are also copied
+there as ``attribution_<variant>_<model>_<figure>.png`` (the docs' figures). ``<out>/study.csv`` holds the accuracy
+table: final and best-validation test accuracy of each model, and the accuracy with the k smallest / largest
+eigenvalues removed at test time. Any data set the training entry point reads can be used: ``--dataset cub
+--data-root ...`` (then the variant is ignored), with the other training settings from ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Any
+
+import torch
+import yaml
+
+from .attribute import run_attribution, write_csv
+from .checkpoint import load_checkpoint
+from .config import Config, load_preset
+from .train import train
+
+__all__ = ["MODELS", "main", "study_config", "train_model"]
+
+MODELS = ("plain", "truncate", "seb")
+
+
+def study_config(model: str, variant: str, truncate: int | None, overrides: dict[str, Any], out: str) -> Config:
+    """The Config of one study model: the synthetic preset (or the overrides' data set) with the model's head."""
+    settings = {**load_preset("synthetic"), "variant": variant, "progress": False, **overrides}
+    d = settings.get("reduction") or 32
+    head = {"plain": {}, "truncate": {"truncate": d // 2 if truncate is None else truncate},
+            "seb": {"seb": True}}[model]
+    data = variant if settings.get("dataset", "synthetic") == "synthetic" else settings["dataset"]
+    return Config(**settings, **head, name=f"study-{data}-{model}", out_dir=out).validate()
+
+
+def train_model(config: Config) -> str:
+    """Train (or resume, or reuse) the run of ``config``; return its folder."""
+    run_dir = os.path.join(config.out_dir, config.name)
+    last = os.path.join(run_dir, "last.pt")
+    if os.path.isfile(last):
+        if load_checkpoint(last)["epoch"] >= config.epochs:
+            return run_dir
+        return train(config, resume=run_dir).run_dir
+    return train(config).run_dir
+
+
+def _row(run_dir: str, model: str, variant: str, curves: list[dict[str, Any]], d: int) -> dict[str, Any]:
+    history = load_checkpoint(os.path.join(run_dir, "last.pt"))["history"]
+    best = max(history, key=lambda r: (r["val_acc"] if r["val_acc"] is not None else -1.0))
+    acc = {(r["removed"], r["k"]): r["accuracy"] for r in curves}
+    half = d // 2
+    return {"variant": variant, "model": model, "epochs": len(history), "final_test_acc": history[-1]["test_acc"],
+            "best_val_epoch": best["epoch"], "best_val_test_acc": best["test_acc"],
+            f"acc_smallest_{half}_removed": acc.get(("smallest", half)),
+            f"acc_largest_{half}_removed": acc.get(("largest", half))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m eigpool.models.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["small"], help="synthetic variants (small, standard)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--truncate", type=int, help="eigenvalues truncated by the 'truncate' model (default d / 2)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="training settings for every model (YAML values), e.g. epochs=10 synthetic_train=120")
+    parser.add_argument("--out", default="runs", help="folder of the runs and the attribution outputs")
+    parser.add_argument("--figures", help="also copy the attribution PNGs here (attribution_<variant>_<model>_*.png)")
+    parser.add_argument("--images", type=int, default=4, help="images in the map figures")
+    parser.add_argument("--train-only", action="store_true", help="train, skip the attribution")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE items, got {item!r}")
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    if overrides.get("threads"):
+        torch.set_num_threads(overrides["threads"])
+    rows = []
+    for variant in args.variants:
+        for model in args.models:
+            config = study_config(model, variant, args.truncate, overrides, args.out)
+            print(f"study: {config.name}", flush=True)
+            run_dir = train_model(config)
+            if args.train_only:
+                continue
+            out = os.path.join(args.out, config.name.replace("study-", "attribution-"))
+            summary = run_attribution(os.path.join(run_dir, "last.pt"), out, images=args.images,
+                                      title=f"{variant} variant, {model}")
+            if args.figures:
+                os.makedirs(args.figures, exist_ok=True)
+                tag = config.name.removeprefix("study-").replace("-", "_")
+                for name in summary["figures"]:
+                    shutil.copy(os.path.join(out, name), os.path.join(args.figures, f"attribution_{tag}_{name}"))
+            rows.append(_row(run_dir, model, variant, summary["curves"], summary["d"]))
+            write_csv(os.path.join(args.out, "study.csv"), rows)
+    for row in rows:
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
