@@ -45,7 +45,10 @@ LAPACK returns for the tied eigenspace).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
+
+from array_api_compat import device
 
 from ._checks import check_array
 from ._primitive import Primitive, bind
@@ -53,7 +56,7 @@ from ._xp import arange_like, diagonal
 from .covariance import covariance
 from .eigh import eigenvalue_floor, eigenvalue_floor_rel
 from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
-from .triu import _flat, _gather, _square, triu_vec
+from .triu import triu_vec
 
 __all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
 
@@ -61,7 +64,9 @@ __all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
 PATHS = ("auto", "dense", "gram")
 
 _NAMED = ("sqrt", "invsqrt", "log", "power")
-_TRIU, _FULL = 0, 2  # the gather maps of eigpool.triu: upper triangle row by row; symmetric matrix from the vector
+#: Rows per block of the fused vector route (triu=True): products of 256 rows stay efficient, and with b blocks only
+#: (b + 1) / 2b of the d x d entries are computed and gathered (56 % at d = 2048).
+BLOCK_ROWS = 256
 _DENSE_OPS = {"sqrt": "sqrtm", "invsqrt": "invsqrtm", "log": "logm", "power": "powm"}
 
 
@@ -192,20 +197,74 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
         scale = (1 + rho)[..., None]
     # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
     w, diag = scale * e / n, scale * g0
-    out = _add_to_diagonal(xp, (Y * w[..., None, :]) @ xp.matrix_transpose(Y), diag)
-    if triu:
-        out = _gather(xp, _flat(xp, out), d, _TRIU)
+    Yw = Y * w[..., None, :]
+    out = _triu_of_sum(xp, Yw, Y, diag) if triu else _add_to_diagonal(xp, Yw @ xp.matrix_transpose(Y), diag)
     return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
 
 
 def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
-    """A + c I for A (..., d, d) that this module just created, c (..., 1): O(d) writes into A's diagonal (every
-    (d+1)-th entry of the flattened matrix) instead of building c I and adding it, two more d x d passes. Correct
-    whether or not reshape returns a view: only the returned array is used."""
-    d = A.shape[-1]
-    flat = xp.reshape(A, (*A.shape[:-2], d * d))
-    flat[..., :: d + 1] = flat[..., :: d + 1] + c
+    """A + c I for A (..., r, m), r <= m, that this module just created, c (..., 1): O(r) writes into A's diagonal
+    (every (m+1)-th entry of the flattened matrix) instead of building c I and adding it, two more d x d passes.
+    Correct whether or not reshape returns a view: only the returned array is used."""
+    m = A.shape[-1]
+    flat = xp.reshape(A, (*A.shape[:-2], A.shape[-2] * m))
+    flat[..., :: m + 1] = flat[..., :: m + 1] + c
     return xp.reshape(flat, A.shape)
+
+
+# The fused vector route. Row block [a, b) of a symmetric d x d matrix, restricted to the columns >= a, is an r x m
+# array (r = b - a, m = d - a) whose upper triangle is the contiguous segment [_offset(a), _offset(b)) of the
+# triu_vec vector; the columns < a of those rows mirror earlier blocks. Only these (b + 1) / 2b of the entries are
+# computed (forward) or gathered (backward).
+
+def _row_blocks(d: int) -> list[tuple[int, int]]:
+    return [(a, min(a + BLOCK_ROWS, d)) for a in range(0, d, BLOCK_ROWS)]
+
+
+def _offset(d: int, i: Any) -> Any:
+    """Position of entry (i, i) in triu_vec order (row i starts there)."""
+    return i * d - i * (i - 1) // 2
+
+
+@lru_cache(maxsize=64)
+def _block_maps(xp: Any, dev: Any, d: int, a: int, b: int) -> tuple[Any, Any]:
+    """Index maps of row block [a, b): ``upper``, the flat (row-major) indices of the r x m block's entries on and
+    above its diagonal, in triu_vec order; ``mirror``, for every entry of the block, its position in the block's
+    segment of the vector (entries below the diagonal read their mirror image, which lies in the same segment)."""
+    m = d - a
+    i = xp.arange(b - a, device=dev)[:, None]
+    c = xp.arange(m, device=dev)[None, :]
+    upper = xp.nonzero(xp.reshape(c >= i, (-1,)))[0]
+    mirror = xp.where(c >= i, _offset(m, i) + c - i, _offset(m, c) + i - c)
+    return upper, xp.reshape(mirror, (-1,))
+
+
+def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any) -> Any:
+    """triu_vec(A B^T + c I) for A, B (..., d, N) with A B^T symmetric, c (..., 1), block by block."""
+    d, parts = A.shape[-2], []
+    for a, b in _row_blocks(d):
+        P = _add_to_diagonal(xp, A[..., a:b, :] @ xp.matrix_transpose(B[..., a:, :]), c)
+        upper, _ = _block_maps(xp, device(A), d, a, b)
+        parts.append(xp.take(xp.reshape(P, (*P.shape[:-2], -1)), upper, axis=-1))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
+
+
+def _symmetric_times(xp: Any, v: Any, Y: Any) -> Any:
+    """Ws Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order), Y (..., d, N):
+    block row k is Q_k Y[a_k:] plus, for every earlier block j, Q_j[:, columns of block k]^T Y[block j]."""
+    d, blocks = Y.shape[-2], _row_blocks(Y.shape[-2])
+    Q = []
+    for a, b in blocks:
+        _, mirror = _block_maps(xp, device(Y), d, a, b)
+        segment = v[..., _offset(d, a):_offset(d, b)]
+        Q.append(xp.reshape(xp.take(segment, mirror, axis=-1), (*v.shape[:-1], b - a, d - a)))
+    rows = []
+    for k, (a, b) in enumerate(blocks):
+        row = Q[k] @ Y[..., a:, :]
+        for (a2, b2), Qj in zip(blocks[:k], Q[:k], strict=True):
+            row = row + xp.matrix_transpose(Qj[..., :, a - a2:b - a2]) @ Y[..., a2:b2, :]
+        rows.append(row)
+    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)
 
 
 def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
@@ -215,10 +274,9 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, flo
     d, n = Y.shape[-2], Y.shape[-1]
     if triu:
         # G is the cotangent of the vector: Gs = sym(upper-triangular scatter of G) = (Ws + diag(G_ii)) / 2 with Ws the
-        # symmetric matrix holding G_ij at (i, j) and (j, i): one gather and one product.
-        Ws = _square(xp, _gather(xp, G, d, _FULL), d)
-        g_diag = diagonal(xp, Ws)
-        GY = (Ws @ Y + g_diag[..., :, None] * Y) / 2
+        # symmetric matrix holding G_ij at (i, j) and (j, i): one product's worth of work, no d x d scatter.
+        g_diag = xp.take(G, _offset(d, xp.arange(d, device=device(G))), axis=-1)
+        GY = (_symmetric_times(xp, G, Y) + g_diag[..., :, None] * Y) / 2
     else:
         # Gs Y as (G Y + G^T Y) / 2: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
         g_diag = diagonal(xp, G)

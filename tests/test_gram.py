@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eigpool
+import eigpool.gram
 from eigpool.gram import pooled, resolve_path
 from eigpool.spectral import SPECTRAL_FUNCTIONS, SpectralFunction
 from eigpool.validation import check_vjp
@@ -87,6 +88,18 @@ def test_fused_triu_vector_equals_triu_vec_of_the_dense_path(name):
     assert out.shape == (2, 105)
     assert _relative(out, ref) < 1e-10 and _relative(pullback(w)[0], pullback_ref(w)[0]) < 1e-10
     np.testing.assert_array_equal(pooled(X, path="dense", triu=True, **FUNCTIONS[name]), ref)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5, 13])
+def test_fused_triu_vector_in_row_blocks(rows, monkeypatch):
+    # The fused route works on blocks of BLOCK_ROWS rows (256 by default): exercise uneven and one-row blocks.
+    monkeypatch.setattr(eigpool.gram, "BLOCK_ROWS", rows)
+    X = features(20, 14, 6, SPECTRA["tied"], batch=(2,))
+    w = np.random.default_rng(21).standard_normal((2, 105))
+    for kwargs in ({}, {"seb": True, "floor": 1e-3}):
+        out, pullback = eigpool.vjp(lambda X, kw=kwargs: pooled(X, path="gram", triu=True, **kw), X)
+        ref, pullback_ref = eigpool.vjp(lambda X, kw=kwargs: eigpool.triu_vec(pooled(X, path="dense", **kw)), X)
+        assert _relative(out, ref) < 1e-10 and _relative(pullback(w)[0], pullback_ref(w)[0]) < 1e-10
 
 
 @pytest.mark.parametrize("k", [0, 3, 8, 9, 10, 11, 12])
@@ -209,10 +222,13 @@ def test_float32_features_come_back_float32_computed_in_float64():
                                            floor=12 * float(np.finfo(np.float32).eps)), rtol=1e-6)
 
 
-def test_runs_on_any_array_api_namespace(xp):
+def test_runs_on_any_array_api_namespace(xp, monkeypatch):
     _, asarray, to_numpy = xp
     X = features(13, 8, 4, [2.0, 1.0, 0.5])
     np.testing.assert_allclose(to_numpy(pooled(asarray(X), path="gram")), pooled(X, path="gram"), rtol=1e-13)
+    monkeypatch.setattr(eigpool.gram, "BLOCK_ROWS", 3)
+    np.testing.assert_allclose(to_numpy(pooled(asarray(X), path="gram", triu=True)),
+                               eigpool.triu_vec(pooled(X, path="dense")), rtol=1e-12)
 
 
 def test_torch_autograd_matches_the_core_and_gradcheck():
