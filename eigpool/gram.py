@@ -250,20 +250,22 @@ def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any) -> Any:
 
 
 def _symmetric_times(xp: Any, v: Any, Y: Any) -> Any:
-    """Ws Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order), Y (..., d, N):
-    block row k is Q_k Y[a_k:] plus, for every earlier block j, Q_j[:, columns of block k]^T Y[block j]."""
-    d, blocks = Y.shape[-2], _row_blocks(Y.shape[-2])
-    Q = []
-    for a, b in blocks:
+    """Ws Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order), Y (..., d, N).
+
+    Block k (rows [a, b), Q_k = Ws[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry, Q_k[:, b - a:]^T Y[a:b]
+    to the rows below it: 2b - 1 products, the same work as one d x d x N product."""
+    d = Y.shape[-2]
+    rows, below = [], None
+    for a, b in _row_blocks(d):
         _, mirror = _block_maps(xp, device(Y), d, a, b)
         segment = v[..., _offset(d, a):_offset(d, b)]
-        Q.append(xp.reshape(xp.take(segment, mirror, axis=-1), (*v.shape[:-1], b - a, d - a)))
-    rows = []
-    for k, (a, b) in enumerate(blocks):
-        row = Q[k] @ Y[..., a:, :]
-        for (a2, b2), Qj in zip(blocks[:k], Q[:k], strict=True):
-            row = row + xp.matrix_transpose(Qj[..., :, a - a2:b - a2]) @ Y[..., a2:b2, :]
-        rows.append(row)
+        Q = xp.reshape(xp.take(segment, mirror, axis=-1), (*v.shape[:-1], b - a, d - a))
+        row = Q @ Y[..., a:, :]
+        rows.append(row if below is None else row + below[..., : b - a, :])
+        if b < d:
+            # Contributions to rows b.. from this block's columns; rows of the earlier blocks are done.
+            new = xp.matrix_transpose(Q[..., :, b - a:]) @ Y[..., a:b, :]
+            below = new if below is None else below[..., b - a:, :] + new
     return rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)
 
 
