@@ -93,14 +93,13 @@ class _PrimitiveFunction(torch.autograd.Function):
         outputs, residuals = p.forward(xp, *[_cast(x, cdtype) for x in inputs], **params)
         outputs = tuple(_cast(y, dtype) for y in outputs)
         leaves, spec = tree_flatten(residuals)
-        tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        ctx.tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        ctx.leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
         ctx.p, ctx.params, ctx.cdtype, ctx.spec = p, params, cdtype, spec
-        ctx.leaves = [None if i in set(tensor_at) else leaf for i, leaf in enumerate(leaves)]
-        ctx.tensor_at = tensor_at
         ctx.input_at = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
         ctx.n_inputs = len(inputs)
         ctx.input_dtypes = tuple(None if x is None else x.dtype for x in inputs)
-        ctx.save_for_backward(*[inputs[i] for i in ctx.input_at], *[leaves[i] for i in tensor_at])
+        ctx.save_for_backward(*[inputs[i] for i in ctx.input_at], *[leaves[i] for i in ctx.tensor_at])
         return outputs
 
     @staticmethod
