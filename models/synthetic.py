@@ -47,7 +47,7 @@ class SyntheticSpec:
     image_size: int = 32
     patch: int = 2
     gain_jitter: float = 0.2
-    shared_jitter: float = 0.5
+    shared_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
