@@ -214,3 +214,69 @@ def test_upsample_gives_the_image_shape():
     maps = torch.rand(2, 3, 4, 5)
     assert A.upsample(maps, (16, 20)).shape == (2, 3, 16, 20)
     torch.testing.assert_close(A.upsample(torch.ones(1, 4, 4), (8, 8)), torch.ones(1, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command and the study driver, end to end on a tiny checkpoint.
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch eigpool-train run on 8 synthetic images (d = 4), in a temporary folder."""
+    from eigpool.models.config import Config
+    from eigpool.models.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    config = Config(synthetic_classes=2, synthetic_train=4, synthetic_val=1, synthetic_test=3, epochs=1, lr_steps=[1],
+                    batch_size=4, reduction=4, resize=[32], crop=None, progress=False, out_dir=str(out), name="tiny",
+                    threads=1).validate()
+    return train(config).run_dir
+
+
+def test_command_writes_figures_and_csv(tiny_run, tmp_path):
+    import csv
+
+    from eigpool.models import attribute
+
+    out = tmp_path / "attribution"
+    assert attribute.main([tiny_run, "--out", str(out), "--images", "2", "--bands", "2", "--threads", "1"]) == 0
+    for name in ("curves.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "curves.csv") as fh:
+        curves = list(csv.DictReader(fh))
+    assert [(r["removed"], int(r["k"])) for r in curves] == [(s, k) for s in ("smallest", "largest") for k in range(5)]
+    with open(out / "groups.csv") as fh:
+        assert [r["group"] for r in csv.DictReader(fh)] == [g.name for g in A.partition(4, 2)]
+    with open(out / "maps.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3 * 2 * 2  # map kinds x bands x images
+    # k = 0 is the model itself: its accuracy on the test split.
+    model, config, _ = attribute.load_model(tiny_run)
+    from eigpool.models.data import build_datasets
+
+    test = build_datasets(config).test
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(1) == test.targets).double().mean().item()
+    assert float(curves[0]["accuracy"]) == pytest.approx(accuracy)
+
+
+def test_command_maps_one_image_file(tiny_run, tmp_path):
+    from PIL import Image
+
+    from eigpool.models import attribute
+
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(picture)
+    out = tmp_path / "one"
+    assert attribute.main([tiny_run, "--out", str(out), "--image", str(picture), "--bands", "2", "--target", "1"]) == 0
+    assert (out / "backprop_maps.png").is_file() and (out / "perturbation_maps.png").is_file()
+    assert not (out / "curves.csv").exists()
+
+
+def test_study_models_differ_only_in_the_head():
+    from eigpool.models.study import MODELS, study_config
+
+    configs = {m: study_config(m, "small", None, {"epochs": 3}, "runs").to_dict() for m in MODELS}
+    assert configs["truncate"]["truncate"] == configs["plain"]["reduction"] // 2
+    assert configs["seb"]["seb"] and not configs["plain"]["seb"]
+    for model in ("truncate", "seb"):
+        differ = {k for k in configs["plain"] if configs["plain"][k] != configs[model][k]}
+        assert differ == {"name", "seb" if model == "seb" else "truncate"}
