@@ -4,6 +4,8 @@ For a trained checkpoint and a data set split (or one image file) it writes, int
 
 - ``curves.csv`` / ``curves.png``: accuracy and mean true-class score drop against the number k of smallest / largest
   eigenvalues removed (definition 1 of ``eigpool.models.attribution``), over the data set;
+- ``spectrum.csv`` / ``spectrum.png``: the distribution of each eigenvalue (ascending) of the head's covariance over
+  the data set, and the fraction of images where it is numerically zero (dead or collinear channels);
 - ``groups.csv`` / ``groups.png``: the same two measures for the bands of a partition of the spectrum (``--bands``);
 - ``perturbation_maps.png``: the occlusion scan of each band (definition 2) for ``--images`` images;
 - ``backprop_maps.png``: the back-propagated maps of each band (definition 3), on the feature map (gradient x centred
@@ -35,8 +37,8 @@ from .data import build_datasets, collate_skipping, image_transform
 from .heads import FGVCNet, set_gcp_method
 from .train import model_from_config
 
-__all__ = ["attribution_maps", "load_model", "main", "plot_curves", "plot_groups", "plot_maps", "run_attribution",
-           "run_image", "write_csv"]
+__all__ = ["attribution_maps", "load_model", "main", "plot_curves", "plot_groups", "plot_maps", "plot_spectrum",
+           "run_attribution", "run_image", "write_csv"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -75,6 +77,25 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+    """The rows of ``spectrum_stats``: median and 10-90 % band of each ascending eigenvalue, log scale; PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    idx = [r["index"] for r in rows]
+    floor = max(min(r["q90"] for r in rows), 1e-12) * 1e-3
+    ax.fill_between(idx, [max(r["q10"], floor) for r in rows], [max(r["q90"], floor) for r in rows], alpha=0.3,
+                    label="10-90 % of images")
+    ax.plot(idx, [max(r["median"], floor) for r in rows], "o-", ms=3, label="median")
+    ax.set(yscale="log", xlabel="eigenvalue index (ascending)", ylabel="eigenvalue of S")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -219,6 +240,9 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
     curves = A.accuracy_curves(parts, _batches(dataset, batch_size, limit), ks or _default_ks(d), alpha)
     write_csv(os.path.join(out, "curves.csv"), curves)
     plot_curves(curves, os.path.join(out, "curves.png"), title)
+    spectrum = A.spectrum_stats(parts, _batches(dataset, batch_size, limit))
+    write_csv(os.path.join(out, "spectrum.csv"), spectrum)
+    plot_spectrum(spectrum, os.path.join(out, "spectrum.png"), title)
     groups = A.partition(d, bands)
     group_rows = A.group_effects(parts, _batches(dataset, batch_size, limit), groups, alpha)
     write_csv(os.path.join(out, "groups.csv"), group_rows)
@@ -227,8 +251,8 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
     maps = attribution_maps(parts, pictures, targets, groups, alpha)
     _write_maps(out, maps, groups, pictures, [f"#{i} class {int(t)}" for i, t in zip(indices, targets, strict=True)],
                 indices, targets, title)
-    return {"d": d, "curves": curves, "groups": group_rows,
-            "figures": ["curves.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"]}
+    return {"d": d, "curves": curves, "groups": group_rows, "spectrum": spectrum,
+            "figures": ["curves.png", "spectrum.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"]}
 
 
 

@@ -71,7 +71,7 @@ import eigpool
 __all__ = ["BackpropMaps", "EigenGroup", "EigenState", "GCPParts", "accuracy_curves", "backprop_attribution", "band",
            "eigen_state", "from_model", "gcp_parts", "group_effects", "group_mask_matrix", "largest",
            "logits_from_covariance", "partition", "perturbation_logits", "perturbation_map", "perturbed_covariance",
-           "smallest", "upsample"]
+           "smallest", "spectrum_stats", "upsample"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -254,6 +254,25 @@ def group_effects(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], gro
         raise ValueError("group_effects: batches yielded no images")
     return [{"group": g.name, "alpha": alpha, "accuracy": float(c) / n, "score_drop": float(s) / n, "n": n}
             for g, c, s in zip(groups, correct, drop, strict=True)]
+
+
+@torch.no_grad()
+def spectrum_stats(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]]) -> list[dict[str, Any]]:
+    """The head's spectrum over a data set: for each position i of the ascending spectrum, the mean, the 10 %, 50 %
+    and 90 % quantiles of l_i over the images, and the fraction of images with l_i <= d eps max(l) (numerically 0).
+
+    Returns d rows {"index", "mean", "q10", "median", "q90", "zero_fraction", "n"} (index 0 = smallest).
+    """
+    spectra = [eigen_state(parts, images).l for images, _ in batches]
+    if not spectra:
+        raise ValueError("spectrum_stats: batches yielded no images")
+    l = torch.cat(spectra)
+    d = l.shape[-1]
+    zero = l <= d * torch.finfo(l.dtype).eps * l.amax(-1, keepdim=True)
+    q = torch.quantile(l, torch.tensor([0.1, 0.5, 0.9], dtype=l.dtype), dim=0)
+    return [{"index": i, "mean": float(l[:, i].mean()), "q10": float(q[0, i]), "median": float(q[1, i]),
+             "q90": float(q[2, i]), "zero_fraction": float(zero[:, i].double().mean()), "n": l.shape[0]}
+            for i in range(d)]
 
 
 def accuracy_curves(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], ks: Sequence[int],

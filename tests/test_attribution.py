@@ -239,7 +239,7 @@ def test_command_writes_figures_and_csv(tiny_run, tmp_path):
 
     out = tmp_path / "attribution"
     assert attribute.main([tiny_run, "--out", str(out), "--images", "2", "--bands", "2", "--threads", "1"]) == 0
-    for name in ("curves.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"):
+    for name in ("curves.png", "spectrum.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "curves.csv") as fh:
         curves = list(csv.DictReader(fh))
@@ -280,3 +280,14 @@ def test_study_models_differ_only_in_the_head():
     for model in ("truncate", "seb"):
         differ = {k for k in configs["plain"] if configs["plain"][k] != configs[model][k]}
         assert differ == {"name", "seb" if model == "seb" else "truncate"}
+
+
+def test_spectrum_stats_match_the_eigenvalues():
+    _, parts = _model()
+    x, y = _batch(n=5)
+    rows = A.spectrum_stats(parts, [(x[:2], y[:2]), (x[2:], y[2:])])
+    l = np.linalg.eigvalsh(A.eigen_state(parts, x).S.detach().numpy())
+    assert [r["index"] for r in rows] == list(range(D))
+    np.testing.assert_allclose([r["mean"] for r in rows], np.clip(l, 0, None).mean(0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose([r["median"] for r in rows], np.median(np.clip(l, 0, None), 0), rtol=1e-10, atol=1e-14)
+    assert all(r["n"] == 5 for r in rows)
