@@ -14,8 +14,9 @@ from array_api_compat import array_namespace, is_array_api_obj
 __all__ = ["check_array", "check_matrix", "psd_tolerance", "relative_eps", "require_psd"]
 
 
-def check_array(x: Any, op: str, name: str, min_ndim: int) -> Any:
-    """Check that ``x`` is a real floating array of rank >= ``min_ndim`` with finite entries; return its namespace."""
+def check_array(x: Any, op: str, name: str, min_ndim: int, finite: bool = True) -> Any:
+    """Check that ``x`` is a real floating array of rank >= ``min_ndim`` with finite entries; return its namespace.
+    ``finite=False`` leaves the entries to the caller (``check_matrix`` folds that test into its own)."""
     if not is_array_api_obj(x):
         raise TypeError(f"{op}: argument '{name}' must be an array, got {type(x).__name__}")
     xp = array_namespace(x)
@@ -23,7 +24,7 @@ def check_array(x: Any, op: str, name: str, min_ndim: int) -> Any:
         raise TypeError(f"{op}: argument '{name}' must have a real floating dtype, got {x.dtype}")
     if x.ndim < min_ndim:
         raise ValueError(f"{op}: argument '{name}' must have rank at least {min_ndim}, got shape {tuple(x.shape)}")
-    if not _all_finite(xp, x):
+    if finite and not _all_finite(xp, x):
         raise ValueError(f"{op}: argument '{name}' contains NaN or inf")
     return xp
 
@@ -45,16 +46,19 @@ def check_matrix(S: Any, op: str, name: str = "S") -> Any:
     Symmetry is checked to ``relative_eps(dtype) * max|S|`` per matrix, so round-off from computing ``X @ X.T`` passes
     and a genuinely non-symmetric matrix does not.
     """
-    xp = check_array(S, op, name, 2)
+    xp = check_array(S, op, name, 2, finite=False)
     if S.shape[-1] != S.shape[-2]:
         raise ValueError(f"{op}: argument '{name}' must be square in its last two axes, got shape {tuple(S.shape)}")
     if S.shape[-1] == 0:
         raise ValueError(f"{op}: argument '{name}' must have d >= 1, got shape {tuple(S.shape)}")
     # S - S^T is antisymmetric, so its largest entry is its largest magnitude; max|S| from max and min: no abs pass.
     asym = xp.max(S - xp.matrix_transpose(S), axis=(-2, -1))
-    if not bool(xp.any(asym > 0)):
-        # Exactly symmetric (X X^T from BLAS, (A + A^T) / 2): no scale needed, one reduction and one host sync.
+    if bool(xp.isfinite(xp.sum(S)) & xp.all(asym == 0)):
+        # Finite and exactly symmetric (X X^T from BLAS, (A + A^T) / 2): two reductions, one host sync. Otherwise
+        # (NaN or inf make asym NaN) the tests below tell which check fails.
         return xp
+    if not _all_finite(xp, S):
+        raise ValueError(f"{op}: argument '{name}' contains NaN or inf")
     scale = xp.maximum(xp.max(S, axis=(-2, -1)), -xp.min(S, axis=(-2, -1)))
     if bool(xp.any(asym > relative_eps(xp, S.dtype) * scale)):
         worst = float(xp.max(asym / xp.where(scale > 0, scale, 1.0)))
