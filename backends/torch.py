@@ -24,10 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat.torch as xp_torch
 import torch
-from array_api_compat import array_namespace
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 import eigpool
 from eigpool import (
@@ -68,38 +67,36 @@ def bind(p: Primitive, inputs: tuple, params: dict, compute_dtype: str | None) -
     runs in ``compute_dtype`` (``None``: the input dtype, half precision promoted to float32). When autograd is off
     (``torch.no_grad``) or no differentiable input requires grad, the forward rule runs directly and saves nothing.
     """
-    xp = array_namespace(inputs[0])
     dtype = inputs[0].dtype
-    cdtype = compute_dtype_of(xp, dtype, compute_dtype)
+    cdtype = compute_dtype_of(xp_torch, dtype, compute_dtype)
     if torch.is_grad_enabled() and any(isinstance(inputs[i], Tensor) and inputs[i].requires_grad
                                        for i in p.differentiable):
         return _PrimitiveFunction.apply(p, params, cdtype, *inputs)
     with torch.no_grad():
-        outputs, _ = p.forward(xp, *[_cast(x, cdtype) for x in inputs], **params)
+        outputs, _ = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
     return tuple(_cast(y, dtype) for y in outputs)
 
 
 class _PrimitiveFunction(torch.autograd.Function):
     """The generic autograd function: forward = ``p.forward`` in the compute dtype, backward = ``p.vjp``.
 
-    Residuals may be any nesting of tuples, lists and named tuples: their tensors go through ``save_for_backward``
-    (so in-place changes to them are detected and no reference cycle is made), everything else is kept on ``ctx``.
+    Residuals may be any nesting of tuples, lists, named tuples and dicts: their tensors go through
+    ``save_for_backward`` (so in-place changes to them are detected and no reference cycle is made), everything else
+    is kept on ``ctx``.
     """
 
     @staticmethod
     def forward(ctx: Any, p: Primitive, params: dict, cdtype: torch.dtype, *inputs: Any) -> tuple[Tensor, ...]:
-        xp = array_namespace(*[x for x in inputs if x is not None])
         dtype = inputs[0].dtype
-        outputs, residuals = p.forward(xp, *[_cast(x, cdtype) for x in inputs], **params)
+        outputs, residuals = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
         outputs = tuple(_cast(y, dtype) for y in outputs)
-        leaves, spec = tree_flatten(residuals)
-        ctx.tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
-        ctx.leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
-        ctx.p, ctx.params, ctx.cdtype, ctx.spec = p, params, cdtype, spec
+        tensors: list[Tensor] = []
+        ctx.spec = _flatten(residuals, tensors)
+        ctx.p, ctx.params, ctx.cdtype = p, params, cdtype
         ctx.input_at = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
         ctx.n_inputs = len(inputs)
         ctx.input_dtypes = tuple(None if x is None else x.dtype for x in inputs)
-        ctx.save_for_backward(*[inputs[i] for i in ctx.input_at], *[leaves[i] for i in ctx.tensor_at])
+        ctx.save_for_backward(*[inputs[i] for i in ctx.input_at], *tensors)
         return outputs
 
     @staticmethod
@@ -111,15 +108,11 @@ class _PrimitiveFunction(torch.autograd.Function):
         for i, x in zip(ctx.input_at, saved[:n_in], strict=True):
             inputs[i] = x
         wanted = [i in p.differentiable and ctx.needs_input_grad[3 + i] for i in range(ctx.n_inputs)]
-        xp = array_namespace(*cotangents)
         if torch.is_grad_enabled():
             grads = _differentiable_vjp(p, inputs, cotangents, params, cdtype, ctx.input_dtypes)
         else:
-            leaves = list(ctx.leaves)
-            for i, t in zip(ctx.tensor_at, saved[n_in:], strict=True):
-                leaves[i] = t
-            residuals = tree_unflatten(leaves, ctx.spec)
-            grads = run_vjp(xp, p, residuals, cotangents, params, cdtype, ctx.input_dtypes)
+            residuals = _unflatten(ctx.spec, iter(saved[n_in:]))
+            grads = run_vjp(xp_torch, p, residuals, cotangents, params, cdtype, ctx.input_dtypes)
         return (None, None, None, *[g if w else None for g, w in zip(grads, wanted, strict=True)])
 
 
@@ -131,9 +124,40 @@ def _differentiable_vjp(p: Primitive, inputs: list, cotangents: tuple, params: d
     if second is not None:
         outs = bind(second, (*inputs, *cotangents), params, str(cdtype).removeprefix("torch."))
         return tuple(_cast(g, d) for g, d in zip(outs, input_dtypes, strict=True))
-    xp = array_namespace(*[x for x in inputs if x is not None])
-    _, residuals = p.forward(xp, *[_cast(x, cdtype) for x in inputs], **params)
-    return run_vjp(xp, p, residuals, cotangents, params, cdtype, input_dtypes)
+    _, residuals = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
+    return run_vjp(xp_torch, p, residuals, cotangents, params, cdtype, input_dtypes)
+
+
+class _Slot:
+    """Where ``_flatten`` took a tensor out of a residual structure."""
+
+
+_SLOT = _Slot()
+
+
+def _flatten(tree: Any, tensors: list[Tensor]) -> Any:
+    """The structure of ``tree`` with every tensor replaced by ``_SLOT`` and appended to ``tensors``."""
+    if isinstance(tree, Tensor):
+        tensors.append(tree)
+        return _SLOT
+    if isinstance(tree, dict):
+        return {k: _flatten(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        items = [_flatten(v, tensors) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return tree
+
+
+def _unflatten(spec: Any, tensors: Any) -> Any:
+    """Inverse of ``_flatten``: fill the slots of ``spec`` from the iterator ``tensors``, in order."""
+    if spec is _SLOT:
+        return next(tensors)
+    if isinstance(spec, dict):
+        return {k: _unflatten(v, tensors) for k, v in spec.items()}
+    if isinstance(spec, (tuple, list)):
+        items = [_unflatten(v, tensors) for v in spec]
+        return type(spec)(*items) if hasattr(spec, "_fields") else type(spec)(items)
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------------------------------

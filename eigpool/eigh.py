@@ -43,6 +43,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from functools import cache
 from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace
@@ -176,11 +177,17 @@ KERNELS: dict[str, Callable[..., Any]] = {
 }
 
 
+@cache
+def _kernel_parameters(kernel: Callable[..., Any]) -> list[str]:
+    # inspect.signature costs more than the rest of a small layer call: read each kernel's once.
+    return [p for p in inspect.signature(kernel).parameters if p not in ("xp", "l", "tie_tol")]
+
+
 def _kernel_options(op: str, grad: str, options: dict) -> dict:
     """Check ``grad`` and its options against the kernel's signature; return the options."""
     if grad not in KERNELS:
         raise ValueError(f"{op}: grad must be one of {sorted(KERNELS)}, got {grad!r}")
-    allowed = [p for p in inspect.signature(KERNELS[grad]).parameters if p not in ("xp", "l", "tie_tol")]
+    allowed = _kernel_parameters(KERNELS[grad])
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"{op}: unexpected option(s) {unknown} for grad={grad!r}; it takes {allowed}")
