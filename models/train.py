@@ -40,7 +40,7 @@ from .data import Splits, build_datasets, collate_skipping
 from .heads import FGVCNet, build_model, set_gcp_method
 from .plots import plot_metrics
 
-__all__ = ["TrainingDiverged", "TrainResult", "format_table", "main", "model_from_config", "train"]
+__all__ = ["TrainingDiverged", "TrainResult", "evaluate", "format_table", "main", "model_from_config", "train"]
 
 METRIC_COLUMNS = ("epoch", "method", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                   "images_per_s", "epoch_seconds", "skipped_images")
@@ -293,6 +293,9 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
         scheduler.load_state_dict(ckpt["scheduler"])
         history, start_epoch = list(ckpt["history"]), ckpt["epoch"]
         best = (ckpt["best_val_acc"], ckpt["best_epoch"])
+        # Each epoch reseeds from (seed, epoch); the generators are restored too, for code that draws outside epochs.
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate(ckpt["python_rng"])
     else:
         run_dir = _run_dir(config, ctx)
         if ctx.main:
