@@ -34,6 +34,8 @@ subgradient (0 below the floor) and the truncation rule are those of the dense p
 SEB: out = (1 + rho) F0 with rho^2 = sum_{k in a} m_k exp(-2 m_k) + (d - |a|) tau exp(-2 tau); the rho term adds
 sum_{k in a} t_k u_k u_k^T to dL/dS, t_k = <Gs, F0> drho/dl_k, i.e. t_k y_k to column k of Z, with
 <Gs, F0> = g0 tr(Gs) + sum_k e_k W_kk / N.
+The GCP vector (triu=True) is fused: the forward computes only the upper triangle, in row blocks, and the backward
+takes sym(G) from the vector's cotangent without a d x d scatter (the comment above ``_row_blocks``).
 
 Truncation ("the k smallest eigenvalues" when many are tied at the floor): eigenvalues are counted with multiplicity in
 the d eigenvalues of S, ascending, floored ones first; the floored eigenvalues form one tied eigenspace, dropped only as
