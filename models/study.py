@@ -11,8 +11,8 @@ Each run goes to ``<out>/study-<variant>-<model>`` (an existing finished run is 
 The attribution outputs go to ``<out>/attribution-<variant>-<model>``; with ``--figures DIR`` the PNGs are also copied
 there as ``attribution_<variant>_<model>_<figure>.png`` (the docs' figures). ``<out>/study.csv`` holds the accuracy
 table: final and best-validation test accuracy of each model, and the accuracy with the k smallest / largest
-eigenvalues removed at test time. Any data set the training entry point reads can be used: ``--dataset cub
---data-root ...`` (then the variant is ignored), with the other training settings from ``--set key=value``.
+eigenvalues removed at test time. Any data set the training entry point reads can be used: ``--preset cub --set
+data_root=/data/CUB_200_2011`` (the variant is then ignored); ``--set key=value`` overrides any training setting.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 
 from .attribute import run_attribution, write_csv
 from .checkpoint import load_checkpoint
-from .config import Config, load_preset
+from .config import PRESETS, Config, load_preset
 from .train import train
 
 __all__ = ["MODELS", "main", "study_config", "train_model"]
@@ -36,9 +36,10 @@ __all__ = ["MODELS", "main", "study_config", "train_model"]
 MODELS = ("plain", "truncate", "seb")
 
 
-def study_config(model: str, variant: str, truncate: int | None, overrides: dict[str, Any], out: str) -> Config:
-    """The Config of one study model: the synthetic preset (or the overrides' data set) with the model's head."""
-    settings = {**load_preset("synthetic"), "variant": variant, "progress": False, **overrides}
+def study_config(model: str, variant: str, truncate: int | None, overrides: dict[str, Any], out: str,
+                 preset: str = "synthetic") -> Config:
+    """The Config of one study model: the preset with the overrides and the model's head (all else equal)."""
+    settings = {**load_preset(preset), "variant": variant, "progress": False, **overrides}
     d = settings.get("reduction") or 32
     head = {"plain": {}, "truncate": {"truncate": d // 2 if truncate is None else truncate},
             "seb": {"seb": True}}[model]
@@ -71,6 +72,7 @@ def _row(run_dir: str, model: str, variant: str, curves: list[dict[str, Any]], d
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m eigpool.models.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="synthetic", choices=PRESETS, help="training recipe of the three models")
     parser.add_argument("--variants", nargs="+", default=["small"], help="synthetic variants (small, standard)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--truncate", type=int, help="eigenvalues truncated by the 'truncate' model (default d / 2)")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for variant in args.variants:
         for model in args.models:
-            config = study_config(model, variant, args.truncate, overrides, args.out)
+            config = study_config(model, variant, args.truncate, overrides, args.out, args.preset)
             print(f"study: {config.name}", flush=True)
             run_dir = train_model(config)
             if args.train_only:
