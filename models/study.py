@@ -89,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set takes KEY=VALUE items, got {item!r}")
         overrides[key.replace("-", "_")] = yaml.safe_load(value)
-    if overrides.get("threads"):
-        torch.set_num_threads(overrides["threads"])
     rows = []
     for variant in args.variants:
         for model in args.models:
             config = study_config(model, variant, args.truncate, overrides, args.out, args.preset)
             print(f"study: {config.name}", flush=True)
+            if config.threads:
+                # train() sets this too, but a finished run is reused without training.
+                torch.set_num_threads(config.threads)
             run_dir = train_model(config)
             if args.train_only:
                 continue
