@@ -8,11 +8,13 @@ training entry point's ``train`` function, then runs the attribution command on 
 - ``seb``: GCP + SEB, the scaling eigen branch that amplifies the gradient of the small eigenvalues.
 
 Each run goes to ``<out>/study-<variant>-<model>`` (an existing finished run is reused, an unfinished one resumed).
-The attribution outputs go to ``<out>/attribution-<variant>-<model>``; with ``--figures DIR`` the PNGs are also copied
-there as ``attribution_<variant>_<model>_<figure>.png`` (the docs' figures). ``<out>/study.csv`` holds the accuracy
-table: final and best-validation test accuracy of each model, and the accuracy with the k smallest / largest
-eigenvalues removed at test time. Any data set the training entry point reads can be used: ``--preset cub --set
-data_root=/data/CUB_200_2011`` (the variant is then ignored); ``--set key=value`` overrides any training setting.
+The attribution outputs go to ``<out>/attribution-<variant>-<model>``, and ``<out>/study_<variant>_curves.png`` overlays
+the three models' accuracy curves; with ``--figures DIR`` the PNGs are also copied there as
+``attribution_<variant>_<model>_<figure>.png`` and ``attribution_<variant>_curves.png`` (the docs' figures).
+``<out>/study.csv`` holds the accuracy table: final and best-validation test accuracy of each model, and the accuracy
+with the k smallest / largest eigenvalues removed at test time. Any data set the training entry point reads can be
+used: ``--preset cub --set data_root=/data/CUB_200_2011`` (the variant is then ignored); ``--set key=value`` overrides
+any training setting.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .checkpoint import load_checkpoint
 from .config import PRESETS, Config, load_preset
 from .train import train
 
-__all__ = ["MODELS", "main", "study_config", "train_model"]
+__all__ = ["MODELS", "main", "plot_study_curves", "study_config", "train_model"]
 
 MODELS = ("plain", "truncate", "seb")
 
@@ -69,6 +71,33 @@ def _row(run_dir: str, model: str, variant: str, curves: list[dict[str, Any]], d
             f"acc_largest_{half}_removed": acc.get(("largest", half))}
 
 
+def plot_study_curves(curves: dict[str, list[dict[str, Any]]], path: str | os.PathLike, title: str = "") -> None:
+    """Accuracy against k smallest (solid) / k largest (dashed) eigenvalues removed, one colour per model; PNG.
+
+    curves: model name -> rows of ``accuracy_curves`` (or of a curves.csv written by the attribution command).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for (model, rows), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+                                    strict=False):
+        for side, style in (("smallest", "-"), ("largest", "--")):
+            sel = [r for r in rows if r["removed"] == side]
+            ax.plot([int(r["k"]) for r in sel], [float(r["accuracy"]) for r in sel], style, color=color,
+                    label=f"{model}: {side} k removed")
+    ax.set(xlabel="k eigenvalues removed at test time", ylabel="test accuracy", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m eigpool.models.study", description=__doc__.split("\n\n")[0])
@@ -91,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key.replace("-", "_")] = yaml.safe_load(value)
     rows = []
     for variant in args.variants:
+        curves = {}
         for model in args.models:
             config = study_config(model, variant, args.truncate, overrides, args.out, args.preset)
             print(f"study: {config.name}", flush=True)
@@ -110,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copy(os.path.join(out, name), os.path.join(args.figures, f"attribution_{tag}_{name}"))
             rows.append(_row(run_dir, model, variant, summary["curves"], summary["d"]))
             write_csv(os.path.join(args.out, "study.csv"), rows)
+            curves[model] = summary["curves"]
+        if curves:
+            path = os.path.join(args.out, f"study_{variant}_curves.png")
+            plot_study_curves(curves, path, f"{variant}: accuracy with eigenvalues removed")
+            if args.figures:
+                shutil.copy(path, os.path.join(args.figures, f"attribution_{variant}_curves.png"))
     for row in rows:
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return 0
