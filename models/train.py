@@ -36,7 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_atomic
 from .config import Config, add_config_arguments, config_from_args
-from .data import Splits, build_datasets, collate_skipping
+from .data import DatasetLayoutError, ImageReadError, Splits, build_datasets, collate_skipping
 from .heads import FGVCNet, build_model, set_gcp_method
 from .plots import plot_metrics
 
@@ -397,17 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    if args.resume:
-        config = Config(**load_checkpoint(args.resume)["config"]).validate()
-        if hasattr(args, "progress"):
-            config.progress = bool(yaml.safe_load(args.progress))
-    else:
-        config = config_from_args(args)
+    """Command-line entry point; returns the process exit status (2: bad settings, data or a diverged run)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            config = Config(**load_checkpoint(args.resume)["config"]).validate()
+            if hasattr(args, "progress"):
+                config.progress = bool(yaml.safe_load(args.progress))
+        else:
+            config = config_from_args(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     try:
         result = train(config, resume=args.resume, stop_after=args.stop_after)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, DatasetLayoutError, ImageReadError, FileNotFoundError) as err:
         print(f"eigpool-train: {err}", file=sys.stderr)
         return 2
     finally:

@@ -156,3 +156,11 @@ def test_compare_prints_a_table(tmp_path, capsys):
                          "--set", *settings]) == 0
     table = capsys.readouterr().out
     assert "| small | avg |" in table and "| small | gcp-ns |" in table
+
+
+def test_cli_reports_a_missing_data_set(tmp_path, capsys):
+    assert main(["--dataset", "cub", "--data-root", str(tmp_path / "none"), "--out-dir", str(tmp_path)]) == 2
+    assert "Expected layout" in capsys.readouterr().err and not os.listdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--dataset", "cub"])
+    assert "needs data_root" in capsys.readouterr().err
