@@ -6,8 +6,9 @@ convolution and its downsampling 1x1 convolution): the output stride goes from 3
 28 x 28 map (METHODS.md section 7) and the covariance has N = 784 samples. The module keeps torchvision's attribute
 names (conv1, bn1, layer1, ...), so a torchvision ImageNet state dict loads into it key for key.
 
-``tiny`` is a small network of the same family for the embedded synthetic data set on a CPU: torchvision's BasicBlock
-in three stages of widths 16/32/64, a 3x3 stem at stride 1 and no max pooling, last stage at stride 1 (output stride 2).
+``tiny`` is a small network of the same family for the embedded synthetic data set on a CPU: a 2x2 stem convolution at
+stride 2 (aligned with the data set's 2x2 patch grid, like a patch embedding), no max pooling, and torchvision's
+BasicBlock in three stages of widths 32/32/64 at stride 1 (output stride 2: a 32 x 32 image gives a 16 x 16 map).
 
 Nothing here downloads: pretrained weights come only from a local file (``load_pretrained``).
 """
@@ -79,10 +80,10 @@ def _tiny_stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
 def _tiny_backbone(widths: Sequence[int] = (32, 32, 64), patch: int = 2) -> Backbone:
     stem = [nn.Conv2d(3, widths[0], patch, stride=patch, bias=False), nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True), nn.Identity()]
-    # Strides (1, 2, 2) as in a CIFAR ResNet, with the last stage set to 1 by the iSQRT-COV rule.
+    # All stages at stride 1: the 16 x 16 map keeps N = 256 positions for a covariance of the d = 32 reduced channels.
     stages = [_tiny_stage(widths[0], widths[0], 1), _tiny_stage(widths[0], widths[1], 1),
               _tiny_stage(widths[1], widths[2], 1)]
-    backbone = Backbone("tiny", stem, stages, widths[-1], stride=2 * patch)
+    backbone = Backbone("tiny", stem, stages, widths[-1], stride=patch)
     # torchvision's initialisation: He (fan-out) for convolutions, BN as the identity.
     for module in backbone.modules():
         if isinstance(module, nn.Conv2d):

@@ -29,7 +29,7 @@ def test_stride_change_keeps_torchvision_weights_layout():
 
 def test_tiny_backbone_shape():
     backbone = build_backbone("tiny")
-    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, backbone.out_channels, 16, 16)
+    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, backbone.out_channels, 16, 16) and backbone.stride == 2
 
 
 def test_pretrained_loads_a_torchvision_state_dict(tmp_path):
