@@ -11,14 +11,14 @@ of V, and its complement, spanned by C (k columns). Class c rotates the compleme
 
     Sigma_{c,i} = V diag(u_i) V^T + (C R_c) diag(s) (C R_c)^T,   u_i ~ U(1 - shared_jitter, 1 + shared_jitter)^(D-k),
 
-u_i a per-image nuisance on the shared variances (mean 1), s = k class eigenvalues, distinct (a rotation of an
-isotropic block would not change Sigma_c). The variants:
+u_i a per-image nuisance on the shared variances (mean 1; off by default, shared_jitter = 0), s = k class
+eigenvalues, distinct (a rotation of an isotropic block would not change Sigma_c). The variants:
 - "standard": s is larger than the mean shared variance (the class-specific directions are the top eigenvectors);
-- "small": s is much smaller than the mean shared variance (the class-specific directions have small eigenvalues, the
-  regime of the TPAMI 2022 paper, where truncating small eigenvalues removes the signal).
+- "small": s is much smaller than the mean shared variance (the class-specific directions have small eigenvalues: the
+  regime the TPAMI 2022 paper describes, in the input; a network's features need not keep that order).
 
 Splits are drawn with one generator per split (seed, split), so ``train``, ``val`` and ``test`` are disjoint draws and
-each split is reproducible on its own. The default size trains in well under a minute per model on two CPU cores.
+each split is reproducible on its own. The default size trains in about a minute per model on one CPU thread.
 """
 
 from __future__ import annotations
