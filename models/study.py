@@ -5,7 +5,10 @@ training entry point's ``train`` function, then runs the attribution command on 
 
 - ``plain``: GCP with the exact matrix square root;
 - ``truncate``: the same with the ``--truncate`` smallest eigenvalues set to zero (default d / 2), in training and test;
-- ``seb``: GCP + SEB, the scaling eigen branch that amplifies the gradient of the small eigenvalues.
+- ``seb``: GCP + SEB, the scaling eigen branch that amplifies the gradient of the small eigenvalues;
+- ``seb-lr`` (only with ``--seb-lr LR``): GCP + SEB with the learning rate LR, everything else equal. SEB multiplies
+  the representation by 1 + ||R||_F (about 3 at initialisation on the embedded set), which scales the classifier's
+  gradient and its effective step; this model separates that from the branch itself.
 
 Each run goes to ``<out>/study-<variant>-<model>`` (an existing finished run is reused, an unfinished one resumed).
 The attribution outputs go to ``<out>/attribution-<variant>-<model>``, and ``<out>/study_<variant>_curves.png`` overlays
@@ -35,16 +38,19 @@ from .train import train
 
 __all__ = ["MODELS", "main", "plot_study_curves", "study_config", "train_model"]
 
-MODELS = ("plain", "truncate", "seb")
+MODELS = ("plain", "truncate", "seb", "seb-lr")
 
 
 def study_config(model: str, variant: str, truncate: int | None, overrides: dict[str, Any], out: str,
-                 preset: str = "synthetic") -> Config:
+                 preset: str = "synthetic", seb_lr: float | None = None) -> Config:
     """The Config of one study model: the preset with the overrides and the model's head (all else equal)."""
     settings = {**load_preset(preset), "variant": variant, "progress": False, **overrides}
     d = settings.get("reduction") or 32
+    if model == "seb-lr" and seb_lr is None:
+        raise ValueError("study: model 'seb-lr' needs the learning rate seb_lr")
     head = {"plain": {}, "truncate": {"truncate": d // 2 if truncate is None else truncate},
-            "seb": {"seb": True}}[model]
+            "seb": {"seb": True}, "seb-lr": {"seb": True, "lr": seb_lr}}[model]
+    settings = {k: v for k, v in settings.items() if k not in head}
     data = variant if settings.get("dataset", "synthetic") == "synthetic" else settings["dataset"]
     return Config(**settings, **head, name=f"study-{data}-{model}", out_dir=out).validate()
 
@@ -103,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eigpool.models.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="synthetic", choices=PRESETS, help="training recipe of the three models")
     parser.add_argument("--variants", nargs="+", default=["small"], help="synthetic variants (small, standard)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", choices=MODELS,
+                        help="default: plain truncate seb, and seb-lr with --seb-lr")
+    parser.add_argument("--seb-lr", type=float, help="learning rate of the extra model seb-lr")
     parser.add_argument("--truncate", type=int, help="eigenvalues truncated by the 'truncate' model (default d / 2)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="training settings for every model (YAML values), e.g. epochs=10 synthetic_train=120")
@@ -118,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set takes KEY=VALUE items, got {item!r}")
         overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    models = args.models or [m for m in MODELS if m != "seb-lr" or args.seb_lr is not None]
     rows = []
     for variant in args.variants:
         curves = {}
-        for model in args.models:
-            config = study_config(model, variant, args.truncate, overrides, args.out, args.preset)
+        for model in models:
+            config = study_config(model, variant, args.truncate, overrides, args.out, args.preset, args.seb_lr)
             print(f"study: {config.name}", flush=True)
             if config.threads:
                 # train() sets this too, but a finished run is reused without training.

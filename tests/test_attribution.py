@@ -274,20 +274,12 @@ def test_command_maps_one_image_file(tiny_run, tmp_path):
 def test_study_models_differ_only_in_the_head():
     from eigpool.models.study import MODELS, study_config
 
-    configs = {m: study_config(m, "small", None, {"epochs": 3}, "runs").to_dict() for m in MODELS}
+    configs = {m: study_config(m, "small", None, {"epochs": 3}, "runs", seb_lr=0.01).to_dict() for m in MODELS}
     assert configs["truncate"]["truncate"] == configs["plain"]["reduction"] // 2
     assert configs["seb"]["seb"] and not configs["plain"]["seb"]
-    for model in ("truncate", "seb"):
-        differ = {k for k in configs["plain"] if configs["plain"][k] != configs[model][k]}
-        assert differ == {"name", "seb" if model == "seb" else "truncate"}
-
-
-def test_spectrum_stats_match_the_eigenvalues():
-    _, parts = _model()
-    x, y = _batch(n=5)
-    rows = A.spectrum_stats(parts, [(x[:2], y[:2]), (x[2:], y[2:])])
-    l = np.linalg.eigvalsh(A.eigen_state(parts, x).S.detach().numpy())
-    assert [r["index"] for r in rows] == list(range(D))
-    np.testing.assert_allclose([r["mean"] for r in rows], np.clip(l, 0, None).mean(0), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose([r["median"] for r in rows], np.median(np.clip(l, 0, None), 0), rtol=1e-10, atol=1e-14)
-    assert all(r["n"] == 5 for r in rows)
+    expected = {"truncate": {"name", "truncate"}, "seb": {"name", "seb"}, "seb-lr": {"name", "seb", "lr"}}
+    for model, keys in expected.items():
+        assert {k for k in configs["plain"] if configs["plain"][k] != configs[model][k]} == keys
+    assert configs["seb-lr"]["lr"] == 0.01
+    with pytest.raises(ValueError, match="seb-lr"):
+        study_config("seb-lr", "small", None, {}, "runs")
