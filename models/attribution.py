@@ -11,7 +11,8 @@ F = phi(S) the head's normalisation (square root, SEB, truncation, ... exactly a
 v = triu_vec(F); logits z = classifier(v). z_y is the score of class y (the true class unless said otherwise).
 
 A group G is a set of positions in the ascending spectrum (``smallest(k)``, ``largest(k)``, ``band(a, b)``,
-``partition(d, parts)``), 1_G its indicator vector of length d.
+``partition(d, parts)``), 1_G its indicator vector of length d. Where two eigenvalues are tied across the boundary of a
+group, the group depends on the basis eigh picks in the tied eigenspace; the partition identities below hold anyway.
 
 1. Perturbation (``perturbation_logits``, ``accuracy_curves``). Attenuate the group by alpha (alpha = 0 removes it):
 
@@ -30,8 +31,9 @@ A group G is a set of positions in the ascending spectrum (``smallest(k)``, ``la
        S_n = S - (xc_n xc_n^T - y_n y_n^T) / N,    map_G(n) = z_y(S) - z_y(S_n).
 
    Applied at every position at once, the same projection gives exactly S'(G, alpha) of definition 1 (P_G commutes
-   with S): the map resolves the perturbation of definition 1 position by position. Its values are summed over
-   nothing: each is the true score drop of a one-position occlusion. Cost: N evaluations of phi per image and group.
+   with S): the map resolves the perturbation of definition 1 position by position. Each value is the exact score drop
+   of a one-position occlusion; they add up to the drop of definition 1 to first order only (both are <gS, S - S'>
+   to first order, gS of definition 3). Cost: N evaluations of phi per image and group.
 
 3. Back-propagation (``backprop_attribution``). Let gS = dz_y/dS (through phi, triu_vec and the classifier) and
    A = U^T gS U its matrix in the eigenbasis (for an eigendecomposition head, A = Loewner matrix o (U^T dz/dF U), plus
@@ -47,8 +49,8 @@ A group G is a set of positions in the ascending spectrum (``smallest(k)``, ``la
      Grad-CAM's channel weights (the spatial mean of the gradient) are identically 0 for covariance pooling (the
      covariance backward (2/N) gS Xc has zero mean over positions), so the gradient is used per position. Since
      dz/dX_G = (2/N) gS_G Xc, map_G(n) = (2/N) xc_n^T gS_G xc_n and sum_n map_G(n) = 2 <gS_G, S> =
-     2 sum_{i in G} l_i A_ii = 2 sum_{i in G} l_i dz_y/dl_i: twice the first-order score change of scaling the group's
-     eigenvalues up, the back-propagation counterpart of definition 1.
+     2 sum_{i in G} l_i A_ii = 2 sum_{i in G} l_i dz_y/dl_i: twice d z_y / dt at t = 0 when the group's eigenvalues
+     are scaled by (1 + t), the back-propagation counterpart of definition 1.
    - image: gradient x input, summed over the colour channels.
 
 Maps are at the feature map's resolution (h, w); ``upsample`` brings them to the image's (bilinear). Everything is
@@ -90,6 +92,9 @@ class EigenGroup:
     def __post_init__(self) -> None:
         if self.kind not in ("smallest", "largest", "band"):
             raise ValueError(f"EigenGroup: kind must be 'smallest', 'largest' or 'band', got {self.kind!r}")
+        if (self.kind == "band") != (self.b is not None):
+            raise ValueError(f"EigenGroup: b is the end of a band and is required by kind 'band' alone; got "
+                             f"kind={self.kind!r}, b={self.b!r}")
         stop = self.a if self.b is None else self.b
         if isinstance(self.a, bool) or not isinstance(self.a, int) or self.a < 0 or stop < self.a:
             raise ValueError(f"EigenGroup: need integers 0 <= a (<= b for a band), got a={self.a!r}, b={self.b!r}")

@@ -54,7 +54,10 @@ def test_groups_resolve_and_partition_covers_the_spectrum():
     (lambda: A.band(3, 2), "a=3, b=2"),
     (lambda: A.EigenGroup("middle", 1), "kind must be"),
     (lambda: A.partition(4, 5), "parts must be in"),
-], ids=["smallest(7) of 6", "band(3, 2)", "kind='middle'", "partition(4, 5)"])
+    (lambda: A.EigenGroup("band", 1), "required by kind 'band'"),
+    (lambda: A.EigenGroup("largest", 1, 3), "required by kind 'band'"),
+], ids=["smallest(7) of 6", "band(3, 2)", "kind='middle'", "partition(4, 5)", "EigenGroup('band', 1)",
+        "EigenGroup('largest', 1, 3)"])
 def test_bad_groups_raise(make, message):
     with pytest.raises(ValueError, match=message):
         make()
