@@ -142,12 +142,12 @@ def test_projecting_the_group_out_of_every_position_is_the_spectral_removal():
                                rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("options", HEADS[:2])
-def test_perturbation_map_matches_a_per_position_loop(options):
+@pytest.mark.parametrize("options, alpha", [({}, 0.0), ({"seb": True}, 0.0), ({}, 0.25)], ids=["sqrt", "seb", "alpha"])
+def test_perturbation_map_matches_a_per_position_loop(options, alpha):
     _, parts = _model(**options)
     x, y = _batch(n=2)
     group = A.smallest(3)
-    maps = A.perturbation_map(parts, x, y, group, alpha=0.0, chunk=7)
+    maps = A.perturbation_map(parts, x, y, group, alpha=alpha, chunk=7)
     state = A.eigen_state(parts, x)
     B, d, h, w = state.R.shape
     assert maps.shape == (B, h, w)
@@ -157,7 +157,7 @@ def test_perturbation_map_matches_a_per_position_loop(options):
         for s in range(B):
             for n in (0, 5, h * w - 1):
                 Xc = state.Xc[s].clone()
-                Xc[:, n] = Xc[:, n] - P[s] @ Xc[:, n]
+                Xc[:, n] = Xc[:, n] - (1 - alpha**0.5) * P[s] @ Xc[:, n]
                 z = A.logits_from_covariance(parts, (Xc @ Xc.T / (h * w))[None], torch.float64)
                 assert maps[s].flatten()[n].item() == pytest.approx((base[s, y[s]] - z[0, y[s]]).item(), abs=1e-12)
 
