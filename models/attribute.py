@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import attribution as A
 from .checkpoint import load_checkpoint
 from .config import Config
-from .data import build_datasets, collate_skipping, image_transform
+from .data import Skipped, build_datasets, collate_skipping, image_transform
 from .heads import FGVCNet, set_gcp_method
 from .train import model_from_config
 
@@ -162,7 +162,6 @@ def plot_maps(images: Tensor, panels: Sequence[tuple[str, Tensor]], columns: Seq
     plt.close(fig)
 
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading a trained model and its data.
 
@@ -195,9 +194,13 @@ def _batches(dataset: Dataset, batch_size: int, limit: int | None) -> Iterator[t
 def _pick(dataset: Dataset, count: int) -> tuple[list[int], Tensor, Tensor]:
     """``count`` images spread evenly over the data set (data sets stored in class order then show several classes)."""
     n = len(dataset)
-    indices = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
-    items = [dataset[i] for i in indices]
-    return indices, torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    wanted = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
+    items = [(i, dataset[i]) for i in wanted]
+    items = [(i, item) for i, item in items if not isinstance(item, Skipped)]
+    if not items:
+        raise ValueError(f"attribute: none of the images {wanted} of the split could be read")
+    return ([i for i, _ in items], torch.stack([item[0] for _, item in items]),
+            torch.tensor([item[1] for _, item in items]))
 
 
 def _default_ks(d: int) -> list[int]:
@@ -225,7 +228,8 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
                     ) -> dict[str, Any]:
     """Write the curves, group bars and maps of a checkpoint on a data set split into ``out`` (module docstring).
 
-    Returns {"d", "curves" (rows of ``accuracy_curves``), "groups" (rows), "figures" (PNG file names)}.
+    Returns {"d", "curves" (rows of ``accuracy_curves``), "groups" (rows of ``group_effects``), "spectrum" (rows of
+    ``spectrum_stats``), "figures" (PNG file names)}.
     """
     model, config, _ = load_model(checkpoint)
     if data_root is not None:
@@ -237,14 +241,19 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
     parts = A.from_model(model)
     d = model.head.dim
     os.makedirs(out, exist_ok=True)
-    curves = A.accuracy_curves(parts, _batches(dataset, batch_size, limit), ks or _default_ks(d), alpha)
+    ks = ks or _default_ks(d)
+    groups = A.partition(d, bands)
+    spectra: list[Tensor] = []
+    # One pass over the data for the curves, the bands and the spectrum (the backbone dominates the cost).
+    rows = A.group_effects(parts, _batches(dataset, batch_size, limit), [*A.curve_groups(ks), *groups], alpha,
+                           spectra=spectra)
+    curves = A.curve_rows(rows[:2 * len(ks)], ks)
+    group_rows = rows[2 * len(ks):]
+    spectrum = A.spectrum_stats(torch.cat(spectra))
     write_csv(os.path.join(out, "curves.csv"), curves)
     plot_curves(curves, os.path.join(out, "curves.png"), title)
-    spectrum = A.spectrum_stats(parts, _batches(dataset, batch_size, limit))
     write_csv(os.path.join(out, "spectrum.csv"), spectrum)
     plot_spectrum(spectrum, os.path.join(out, "spectrum.png"), title)
-    groups = A.partition(d, bands)
-    group_rows = A.group_effects(parts, _batches(dataset, batch_size, limit), groups, alpha)
     write_csv(os.path.join(out, "groups.csv"), group_rows)
     plot_groups(group_rows, os.path.join(out, "groups.png"), title)
     indices, pictures, targets = _pick(dataset, images)
@@ -253,7 +262,6 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
                 indices, targets, title)
     return {"d": d, "curves": curves, "groups": group_rows, "spectrum": spectrum,
             "figures": ["curves.png", "spectrum.png", "groups.png", "perturbation_maps.png", "backprop_maps.png"]}
-
 
 
 def _write_maps(out: str | os.PathLike, maps: dict[str, Tensor], groups: Sequence[A.EigenGroup], pictures: Tensor,

@@ -71,9 +71,9 @@ from torch import Tensor, nn
 import eigpool
 
 __all__ = ["BackpropMaps", "EigenGroup", "EigenState", "GCPParts", "accuracy_curves", "backprop_attribution", "band",
-           "eigen_state", "from_model", "gcp_parts", "group_effects", "group_mask_matrix", "largest",
-           "logits_from_covariance", "partition", "perturbation_logits", "perturbation_map", "perturbed_covariance",
-           "smallest", "spectrum_stats", "upsample"]
+           "curve_groups", "curve_rows", "eigen_state", "from_model", "gcp_parts", "group_effects",
+           "group_mask_matrix", "largest", "logits_from_covariance", "partition", "perturbation_logits",
+           "perturbation_map", "perturbed_covariance", "smallest", "spectrum_stats", "upsample"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,7 +231,11 @@ def perturbation_logits(parts: GCPParts, images: Tensor, groups: Sequence[EigenG
 
     images: (B, 3, H, W). Returns (base (B, K), perturbed (len(groups), B, K)), in the logits' dtype.
     """
-    state = eigen_state(parts, images)
+    return _perturbation_logits(parts, eigen_state(parts, images), groups, alpha)
+
+
+def _perturbation_logits(parts: GCPParts, state: EigenState, groups: Sequence[EigenGroup], alpha: float
+                         ) -> tuple[Tensor, Tensor]:
     base = logits_from_covariance(parts, state.S, state.R.dtype)
     perturbed = [logits_from_covariance(parts, perturbed_covariance(state.l, state.U, g, alpha), state.R.dtype)
                  for g in groups]
@@ -240,17 +244,21 @@ def perturbation_logits(parts: GCPParts, images: Tensor, groups: Sequence[EigenG
 
 @torch.no_grad()
 def group_effects(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], groups: Sequence[EigenGroup],
-                  alpha: float = 0.0) -> list[dict[str, Any]]:
+                  alpha: float = 0.0, spectra: list[Tensor] | None = None) -> list[dict[str, Any]]:
     """Accuracy and mean true-class score drop over a data set with each group attenuated by ``alpha`` (definition 1).
 
     batches: (images (B, 3, H, W), targets (B,)) pairs. Returns one row per group:
-    {"group": name, "alpha", "accuracy", "score_drop", "n"}.
+    {"group": name, "alpha", "accuracy", "score_drop", "n"}. ``spectra``: a list to which each batch's ascending
+    eigenvalues (B, d) are appended (for ``spectrum_stats`` without a second pass over the data).
     """
     correct = torch.zeros(len(groups), dtype=torch.float64)
     drop = torch.zeros(len(groups), dtype=torch.float64)
     n = 0
     for images, targets in batches:
-        base, perturbed = perturbation_logits(parts, images, groups, alpha)
+        state = eigen_state(parts, images)
+        if spectra is not None:
+            spectra.append(state.l)
+        base, perturbed = _perturbation_logits(parts, state, groups, alpha)
         idx = targets[None, :, None].expand(len(groups), -1, 1)
         correct += (perturbed.argmax(-1) == targets).sum(-1).double()
         drop += (base.gather(1, targets[:, None])[None, :, 0] - perturbed.gather(2, idx)[..., 0]).sum(-1).double()
@@ -261,23 +269,32 @@ def group_effects(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], gro
             for g, c, s in zip(groups, correct, drop, strict=True)]
 
 
-@torch.no_grad()
-def spectrum_stats(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]]) -> list[dict[str, Any]]:
-    """The head's spectrum over a data set: for each position i of the ascending spectrum, the mean, the 10 %, 50 %
-    and 90 % quantiles of l_i over the images, and the fraction of images with l_i <= d eps max(l) (numerically 0).
-
-    Returns d rows {"index", "mean", "q10", "median", "q90", "zero_fraction", "n"} (index 0 = smallest).
-    """
-    spectra = [eigen_state(parts, images).l for images, _ in batches]
-    if not spectra:
-        raise ValueError("spectrum_stats: batches yielded no images")
-    l = torch.cat(spectra)
+def spectrum_stats(l: Tensor) -> list[dict[str, Any]]:
+    """Statistics of ascending spectra l (n, d) (e.g. ``torch.cat`` of ``group_effects``' ``spectra``): for each
+    position i, the mean, the 10 %, 50 % and 90 % quantiles of l_i over the n images, and the fraction of images with
+    l_i <= d eps max(l) (numerically 0). Returns d rows {"index", "mean", "q10", "median", "q90", "zero_fraction", "n"}
+    (index 0 = smallest)."""
+    if l.ndim != 2 or l.shape[0] == 0:
+        raise ValueError(f"spectrum_stats: l must be (n, d) with n >= 1, got shape {tuple(l.shape)}")
     d = l.shape[-1]
     zero = l <= d * torch.finfo(l.dtype).eps * l.amax(-1, keepdim=True)
     q = torch.quantile(l, torch.tensor([0.1, 0.5, 0.9], dtype=l.dtype), dim=0)
     return [{"index": i, "mean": float(l[:, i].mean()), "q10": float(q[0, i]), "median": float(q[1, i]),
              "q90": float(q[2, i]), "zero_fraction": float(zero[:, i].double().mean()), "n": l.shape[0]}
             for i in range(d)]
+
+
+def curve_groups(ks: Sequence[int]) -> list[EigenGroup]:
+    """The groups of ``accuracy_curves``: smallest(k) for each k in ``ks``, then largest(k) for each k."""
+    return [EigenGroup(side, k) for side in ("smallest", "largest") for k in ks]
+
+
+def curve_rows(rows: Sequence[dict[str, Any]], ks: Sequence[int]) -> list[dict[str, Any]]:
+    """``group_effects`` rows of ``curve_groups(ks)`` as curve rows {"removed", "k", "alpha", "accuracy",
+    "score_drop", "n"}."""
+    keys = [(side, k) for side in ("smallest", "largest") for k in ks]
+    return [{"removed": side, "k": k, **{key: row[key] for key in ("alpha", "accuracy", "score_drop", "n")}}
+            for (side, k), row in zip(keys, rows, strict=True)]
 
 
 def accuracy_curves(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], ks: Sequence[int],
@@ -287,10 +304,7 @@ def accuracy_curves(parts: GCPParts, batches: Iterable[tuple[Tensor, Tensor]], k
     Returns one row per (removed, k), removed in ("smallest", "largest"): {"removed", "k", "alpha", "accuracy",
     "score_drop", "n"}; k = 0 is the unperturbed model.
     """
-    keys = [(side, k) for side in ("smallest", "largest") for k in ks]
-    rows = group_effects(parts, batches, [EigenGroup(side, k) for side, k in keys], alpha)
-    return [{"removed": side, "k": k, **{key: row[key] for key in ("alpha", "accuracy", "score_drop", "n")}}
-            for (side, k), row in zip(keys, rows, strict=True)]
+    return curve_rows(group_effects(parts, batches, curve_groups(ks), alpha), ks)
 
 
 @torch.no_grad()

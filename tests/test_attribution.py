@@ -286,3 +286,18 @@ def test_study_models_differ_only_in_the_head():
     assert configs["seb-lr"]["lr"] == 0.01
     with pytest.raises(ValueError, match="seb-lr"):
         study_config("seb-lr", "small", None, {}, "runs")
+
+
+def test_spectrum_stats_match_the_eigenvalues():
+    _, parts = _model()
+    x, y = _batch(n=5)
+    spectra = []
+    A.group_effects(parts, [(x[:2], y[:2]), (x[2:], y[2:])], [A.smallest(1)], spectra=spectra)
+    rows = A.spectrum_stats(torch.cat(spectra))
+    l = np.clip(np.linalg.eigvalsh(A.eigen_state(parts, x).S.detach().numpy()), 0, None)
+    assert [r["index"] for r in rows] == list(range(D))
+    np.testing.assert_allclose([r["mean"] for r in rows], l.mean(0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose([r["median"] for r in rows], np.median(l, 0), rtol=1e-10, atol=1e-14)
+    assert all(r["n"] == 5 for r in rows)
+    with pytest.raises(ValueError, match="must be \\(n, d\\)"):
+        A.spectrum_stats(torch.zeros(0, D))
