@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint
 from .config import Config
 from .data import Skipped, build_datasets, collate_skipping, image_transform
 from .heads import FGVCNet, set_gcp_method
+from .plots import pyplot, save_figure
 from .train import model_from_config
 
 __all__ = ["attribution_maps", "load_model", "main", "plot_curves", "plot_groups", "plot_maps", "plot_spectrum",
@@ -52,18 +53,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """Accuracy and score drop against k for the "smallest" and "largest" rows of ``accuracy_curves``; PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for side, style in (("smallest", "o-"), ("largest", "s--")):
         sel = [r for r in rows if r["removed"] == side]
@@ -77,14 +69,12 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """The rows of ``spectrum_stats``: median and 10-90 % band of each ascending eigenvalue, log scale; PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     idx = [r["index"] for r in rows]
     floor = max(min(r["q90"] for r in rows), 1e-12) * 1e-3
@@ -96,14 +86,12 @@ def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_groups(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """Bar charts of the accuracy and the score drop of each group row (keys "group", "accuracy", "score_drop"); PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     names = [r["group"] for r in rows]
     pos = range(len(rows))
@@ -116,9 +104,7 @@ def plot_groups(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
         ax.grid(alpha=0.3, axis="y")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def _gray(image: Tensor) -> Tensor:
@@ -134,7 +120,7 @@ def plot_maps(images: Tensor, panels: Sequence[tuple[str, Tensor]], columns: Seq
     images: (B, 3, H, W); panels: (kind, maps (G, B, H, W)) pairs, each a block of G columns named by ``columns``
     (same length G) and sharing one symmetric colour scale per image. Maps are drawn in RdBu_r over the image in gray.
     """
-    plt = _pyplot()
+    plt = pyplot()
     B = images.shape[0]
     n_cols = 1 + sum(m.shape[0] for _, m in panels)
     fig, axes = plt.subplots(B, n_cols, figsize=(1.5 * n_cols, 1.5 * B + 0.4), squeeze=False)
@@ -157,9 +143,7 @@ def plot_maps(images: Tensor, panels: Sequence[tuple[str, Tensor]], columns: Seq
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import yaml
 from .attribute import run_attribution, write_csv
 from .checkpoint import load_checkpoint
 from .config import PRESETS, Config, load_preset
+from .plots import pyplot, save_figure
 from .train import train
 
 __all__ = ["MODELS", "main", "plot_study_curves", "study_config", "train_model"]
@@ -82,12 +83,7 @@ def plot_study_curves(curves: dict[str, list[dict[str, Any]]], path: str | os.Pa
 
     curves: model name -> rows of ``accuracy_curves`` (or of a curves.csv written by the attribution command).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.6, 3.6))
     for (model, rows), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
                                     strict=False):
         for side, style in (("smallest", "-"), ("largest", "--")):
@@ -99,9 +95,7 @@ def plot_study_curves(curves: dict[str, list[dict[str, Any]]], path: str | os.Pa
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> int:
