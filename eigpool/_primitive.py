@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_array_api_obj
 
 __all__ = ["Primitive", "bind", "vjp", "compute_dtype_of"]
 
@@ -120,7 +120,7 @@ def vjp(fn: Callable[..., Any], *args: Any, **params: Any) -> tuple[Any, Callabl
     ``fn`` is any composition of eigpool functions on arrays without their own autodiff (NumPy, CuPy, array-API
     arrays); ``out`` is an array or a tuple of arrays. ``pullback(cotangent)`` takes a cotangent of the same structure
     as ``out`` (``None`` for an output that receives none) and returns one cotangent per positional argument, each with
-    the argument's shape and dtype.
+    the argument's shape and dtype (``None`` for an argument that is not an array, such as a power ``p``).
 
     Only eigpool operations are traced. An intermediate array computed outside eigpool (for example ``S + 1e-3 * I``
     in NumPy) would cut the chain of derivatives, so it raises ``ValueError`` instead of giving a wrong gradient.
@@ -174,7 +174,9 @@ def vjp(fn: Callable[..., Any], *args: Any, **params: Any) -> tuple[Any, Callabl
         result = []
         for a in args:
             c = acc.get(id(a))
-            result.append(array_namespace(a).zeros_like(a) if c is None else c)
+            if c is None and is_array_api_obj(a):
+                c = array_namespace(a).zeros_like(a)
+            result.append(c)
         return tuple(result)
 
     return out, pullback

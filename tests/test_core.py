@@ -216,3 +216,13 @@ def test_core_runs_on_any_array_api_namespace(xp):
     np.testing.assert_allclose(np.from_dlpack(out), ref_out, rtol=1e-12)
     np.testing.assert_allclose(np.from_dlpack(pullback(asarray(np.ones(ref_out.shape)))[0]),
                                ref_pullback(np.ones(ref_out.shape))[0], rtol=1e-10, atol=1e-13)
+
+
+def test_vjp_passes_non_array_arguments_through():
+    # powm's exponent is a plain float: it gets no cotangent, the matrix gets the gradient of S^(1/2).
+    S = spd(20, DISTINCT)
+    G = np.random.default_rng(20).standard_normal(S.shape)
+    _, pullback = eigpool.vjp(eigpool.powm, S, 0.5)
+    dS, dp = pullback(G)
+    assert dp is None
+    np.testing.assert_allclose(dS, eigpool.vjp(eigpool.sqrtm, S)[1](G)[0], rtol=1e-12, atol=1e-14)
