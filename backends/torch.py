@@ -46,6 +46,7 @@ from eigpool import (
     truncate,
 )
 from eigpool._primitive import Primitive, compute_dtype_of, run_vjp
+from eigpool.eigh import relative_floor
 from eigpool.gram import PATHS, pooled, resolve_path
 
 __all__ = ["CovariancePooling", "GCPHead", "MatrixFunction", "bind", "covariance", "eigh", "expm_neg", "invsqrtm",
@@ -329,12 +330,16 @@ class GCPHead(nn.Module):
         if self.reduce is not None:
             x = self.reduce(x)
         dtype = x.dtype
-        if self.compute_dtype is not None:
-            x = x.to(getattr(torch, self.compute_dtype))
         f, positions = self.normalise, x.shape[2] * x.shape[3]
         if f.method == "eigen" and resolve_path("GCPHead", self.path, self.dim, positions, f.grad) == "gram":
-            return pooled(x.flatten(2), f.fn, p=f.p, floor=f.floor, truncate=f.truncate, seb=f.seb, path="gram",
-                          triu=True, compute_dtype=f.compute_dtype).to(dtype)
+            # pooled computes in compute_dtype and writes the vector in x's dtype block by block: casting the
+            # d(d+1)/2 vector afterwards, and its gradient back, would cost two fresh copies. The floor is the one the
+            # dense branch below resolves on its compute-dtype S.
+            eps = torch.finfo(x.dtype if self.compute_dtype is None else getattr(torch, self.compute_dtype)).eps
+            return pooled(x.flatten(2), f.fn, p=f.p, floor=relative_floor(f.floor, self.dim, eps), truncate=f.truncate,
+                          seb=f.seb, path="gram", triu=True, compute_dtype=f.compute_dtype)
+        if self.compute_dtype is not None:
+            x = x.to(getattr(torch, self.compute_dtype))
         S = covariance(x.flatten(2), compute_dtype=None)
         return triu_vec(self.normalise(S)).to(dtype)
 

@@ -36,6 +36,8 @@ class Primitive:
     that receive cotangents. ``vjp_primitive``, optional: ``vjp_primitive(params)`` returns a primitive that computes
     this one's VJP, (*inputs, *output_cotangents) -> input cotangents, with a VJP rule of its own (the second
     derivatives), or None for params it does not cover. Frameworks with autodiff use it for double backward.
+    ``cast_cotangents``: False hands ``vjp`` the output cotangents in their own dtype, for a rule that casts what it
+    reads piece by piece (a whole-array cast of a large cotangent costs a fresh copy twice its size).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Primitive:
     n_outputs: int = 1
     differentiable: tuple[int, ...] = (0,)
     vjp_primitive: Callable[[dict], Primitive | None] | None = None
+    cast_cotangents: bool = True
 
     def __repr__(self) -> str:
         return f"Primitive({self.name!r})"
@@ -97,7 +100,9 @@ def bind(p: Primitive, *inputs: Any, compute_dtype: str | None = "float64", **pa
 def run_vjp(xp: Any, p: Primitive, residuals: Any, cotangents: tuple, params: dict, cdtype: Any,
             input_dtypes: tuple) -> tuple[Any, ...]:
     """Run ``p.vjp`` in the compute dtype and cast each input cotangent back to its input's dtype."""
-    cts = p.vjp(xp, residuals, *[_cast(xp, c, cdtype) for c in cotangents], **params)
+    if p.cast_cotangents:
+        cotangents = tuple(_cast(xp, c, cdtype) for c in cotangents)
+    cts = p.vjp(xp, residuals, *cotangents, **params)
     return tuple(_cast(xp, c, d) for c, d in zip(cts, input_dtypes, strict=True))
 
 

@@ -84,10 +84,16 @@ def eigh(S: Any, *, grad: str = "exact", floor: float | str | None = None, compu
 
 def eigenvalue_floor_rel(S: Any, floor: float | str | None) -> float | None:
     """The relative eigenvalue floor for ``floor=`` (None, "auto" or a non-negative float) and S's dtype."""
+    return relative_floor(floor, S.shape[-1], float(array_namespace(S).finfo(S.dtype).eps))
+
+
+def relative_floor(floor: float | str | None, d: int, eps: float) -> float | None:
+    """The relative eigenvalue floor for ``floor=`` and d x d matrices of a dtype with machine epsilon ``eps``:
+    None for None, d * eps for "auto", the value itself for a non-negative float."""
     if floor is None:
         return None
     if floor == "auto":
-        return S.shape[-1] * float(array_namespace(S).finfo(S.dtype).eps)
+        return d * eps
     if isinstance(floor, str) or not floor >= 0:
         raise ValueError(f"floor must be None, 'auto' or a non-negative float, got {floor!r}")
     return float(floor)

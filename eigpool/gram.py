@@ -47,7 +47,6 @@ LAPACK returns for the tied eigenspace).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from array_api_compat import device
@@ -114,7 +113,7 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
     # The relative floor depends on d and the dtype only: the (..., N, d) transpose carries both, as S would.
     rel = eigenvalue_floor_rel(xp.matrix_transpose(X), floor)
     return bind(gram_spectral_p, X, compute_dtype=compute_dtype, fn=spec, floor=rel, truncate=truncate, gain=gain,
-                triu=bool(triu))[0]
+                triu=bool(triu), out_dtype=X.dtype)[0]
 
 
 def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str:
@@ -171,7 +170,7 @@ class _GramResiduals(NamedTuple):
 
 
 def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None, truncate: int, gain: str | None,
-                  triu: bool) -> tuple[tuple, _GramResiduals]:
+                  triu: bool, out_dtype: Any) -> tuple[tuple, _GramResiduals]:
     d, n = X.shape[-2], X.shape[-1]
     Xc = X - xp.mean(X, axis=-1, keepdims=True)
     mu, V = xp.linalg.eigh(xp.matrix_transpose(Xc) @ Xc / n)
@@ -200,7 +199,10 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
     # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
     w, diag = scale * e / n, scale * g0
     Yw = Y * w[..., None, :]
-    out = _triu_of_sum(xp, Yw, Y, diag) if triu else _add_to_diagonal(xp, Yw @ xp.matrix_transpose(Y), diag)
+    if triu:
+        out = _triu_of_sum(xp, Yw, Y, diag, out_dtype)
+    else:
+        out = xp.astype(_add_to_diagonal(xp, Yw @ xp.matrix_transpose(Y), diag), out_dtype, copy=False)
     return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
 
 
@@ -217,7 +219,8 @@ def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
 # The fused vector route. Row block [a, b) of a symmetric d x d matrix, restricted to the columns >= a, is an r x m
 # array (r = b - a, m = d - a) whose upper triangle is the contiguous segment [_offset(a), _offset(b)) of the
 # triu_vec vector; the columns < a of those rows mirror earlier blocks. Only these (b + 1) / 2b of the entries are
-# computed (forward) or gathered (backward).
+# computed (forward) or read (backward). The vector's rows are moved by slicing, one row per copy: a gather with an
+# index map moves the same data more slowly and keeps index arrays larger than the vector cached.
 
 def _row_blocks(d: int) -> list[tuple[int, int]]:
     return [(a, min(a + BLOCK_ROWS, d)) for a in range(0, d, BLOCK_ROWS)]
@@ -228,82 +231,94 @@ def _offset(d: int, i: Any) -> Any:
     return i * d - i * (i - 1) // 2
 
 
-@lru_cache(maxsize=64)
-def _block_maps(xp: Any, dev: Any, d: int, a: int, b: int) -> tuple[Any, Any]:
-    """Index maps of row block [a, b): ``upper``, the flat (row-major) indices of the r x m block's entries on and
-    above its diagonal, in triu_vec order; ``mirror``, for every entry of the block, its position in the block's
-    segment of the vector (entries below the diagonal read their mirror image, which lies in the same segment)."""
-    m = d - a
-    i = xp.arange(b - a, device=dev)[:, None]
-    c = xp.arange(m, device=dev)[None, :]
-    upper = xp.nonzero(xp.reshape(c >= i, (-1,)))[0]
-    mirror = xp.where(c >= i, _offset(m, i) + c - i, _offset(m, c) + i - c)
-    return upper, xp.reshape(mirror, (-1,))
+def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
+    """triu_vec(A B^T + c I) in ``dtype`` for A, B (..., d, N) with A B^T symmetric, c (..., 1), block by block.
 
-
-def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any) -> Any:
-    """triu_vec(A B^T + c I) for A, B (..., d, N) with A B^T symmetric, c (..., 1), block by block."""
-    d, parts = A.shape[-2], []
+    The vector is written in its final dtype block by block: a whole-vector cast would cost a fresh copy."""
+    d = A.shape[-2]
+    out = xp.empty((*A.shape[:-2], d * (d + 1) // 2), dtype=dtype, device=device(A))
     for a, b in _row_blocks(d):
         P = _add_to_diagonal(xp, A[..., a:b, :] @ xp.matrix_transpose(B[..., a:, :]), c)
-        upper, _ = _block_maps(xp, device(A), d, a, b)
-        parts.append(xp.take(xp.reshape(P, (*P.shape[:-2], -1)), upper, axis=-1))
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
+        P = xp.astype(P, dtype, copy=False)
+        for i in range(a, b):
+            out[..., _offset(d, i):_offset(d, i + 1)] = P[..., i - a, i - a:]
+    return out
 
 
-def _symmetric_times(xp: Any, v: Any, Y: Any) -> Any:
-    """Ws Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order), Y (..., d, N).
+def _symmetric_block(xp: Any, v: Any, d: int, a: int, b: int, c: Any) -> Any:
+    """(Ws + diag(c))[a:b, a:] in c's dtype for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2),
+    triu_vec order; c: (..., d)): the segment's rows, the lower triangle of the leading r x r block mirrored from its
+    upper one, and c[a:b] added to the diagonal."""
+    r = b - a
+    Q = xp.empty((*v.shape[:-1], r, d - a), dtype=c.dtype, device=device(v))
+    for i in range(a, b):
+        Q[..., i - a, i - a:] = v[..., _offset(d, i):_offset(d, i + 1)]
+    j = xp.arange(r, device=device(v))
+    D = Q[..., :, :r]  # below its diagonal: not written yet, never read (where selects the transpose there)
+    Q[..., :, :r] = xp.where(j[:, None] <= j[None, :], D, xp.matrix_transpose(D))
+    return _add_to_diagonal(xp, Q, c[..., a:b])
 
-    Block k (rows [a, b), Q_k = Ws[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry, Q_k[:, b - a:]^T Y[a:b]
-    to the rows below it: 2b - 1 products, the same work as one d x d x N product."""
+
+def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
+    """(Ws + diag(c)) Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order,
+    any real dtype), c (..., d) and Y (..., d, N) of the compute dtype; in Y's dtype.
+
+    Block k (rows [a, b), Q_k = (Ws + diag(c))[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry,
+    Q_k[:, b - a:]^T Y[a:b] to the rows below it: 2b - 1 products, the same work as one d x d x N product."""
     d = Y.shape[-2]
-    rows, below = [], None
+    out = xp.empty((*v.shape[:-1], d, Y.shape[-1]), dtype=Y.dtype, device=device(Y))
+    below = None
     for a, b in _row_blocks(d):
-        _, mirror = _block_maps(xp, device(Y), d, a, b)
-        segment = v[..., _offset(d, a):_offset(d, b)]
-        Q = xp.reshape(xp.take(segment, mirror, axis=-1), (*v.shape[:-1], b - a, d - a))
+        Q = _symmetric_block(xp, v, d, a, b, c)
         row = Q @ Y[..., a:, :]
-        rows.append(row if below is None else row + below[..., : b - a, :])
+        out[..., a:b, :] = row if below is None else row + below[..., : b - a, :]
         if b < d:
             # Contributions to rows b.. from this block's columns; rows of the earlier blocks are done.
             new = xp.matrix_transpose(Q[..., :, b - a:]) @ Y[..., a:b, :]
             below = new if below is None else below[..., b - a:, :] + new
-    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)
+    return out
 
 
 def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
-              gain: str | None, triu: bool) -> tuple:
-    # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y.
+              gain: str | None, triu: bool, out_dtype: Any) -> tuple:
+    # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y. With T = 2 Gs Y and
+    # W2 = Y^T T = 2 W: dL/dX = T A + Y B, A = diag(e) V^T / N and B = (M o W2) V^T / N. The scalars, SEB and the
+    # centring go into the N x N factors A and B: the d x N arrays pass through two products and one sum only.
     spec, Y, e = res.spectrum, res.Y, res.e
     d, n = Y.shape[-2], Y.shape[-1]
     if triu:
-        # G is the cotangent of the vector: Gs = sym(upper-triangular scatter of G) = (Ws + diag(G_ii)) / 2 with Ws the
-        # symmetric matrix holding G_ij at (i, j) and (j, i): one product's worth of work, no d x d scatter.
-        g_diag = xp.take(G, _offset(d, xp.arange(d, device=device(G))), axis=-1)
-        GY = (_symmetric_times(xp, G, Y) + g_diag[..., :, None] * Y) / 2
+        # G is the cotangent of the vector: 2 Gs = Ws + diag(G_ii), Ws the symmetric matrix holding G_ij at (i, j) and
+        # (j, i), built from the vector block by block in Y's dtype (cast_cotangents=False: no whole-vector cast).
+        g_diag = xp.astype(xp.take(G, _offset(d, xp.arange(d, device=device(G))), axis=-1), Y.dtype)
+        T = _symmetric_times(xp, G, g_diag, Y)
     else:
-        # Gs Y as (G Y + G^T Y) / 2: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
+        # G Y + G^T Y: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
+        G = xp.astype(G, Y.dtype, copy=False)
         g_diag = diagonal(xp, G)
-        GY = (G @ Y + xp.matrix_transpose(G) @ Y) / 2
-    W = xp.matrix_transpose(Y) @ GY
+        T = G @ Y + xp.matrix_transpose(G) @ Y
+    W2 = xp.matrix_transpose(Y) @ T
     L = _loewner(xp, fn, spec, "exact", {})
     mu_safe = xp.where(spec.above, spec.l, xp.ones_like(spec.l))
     a_i, a_k = spec.above[..., :, None], spec.above[..., None, :]
     M = xp.where(a_i, (L - e[..., None, :]) / (n * mu_safe[..., :, None]),
                  xp.where(a_k, L / (n * mu_safe[..., None, :]), xp.zeros_like(L)))
-    Z = GY * e[..., None, :] + Y @ (M * W)
+    Vt = xp.matrix_transpose(spec.U) / n
+    A, B = e[..., :, None] * Vt, (M * W2) @ Vt
     if gain == "seb":
-        # out = (1 + rho) F0: the F0 term scales by (1 + rho); the rho term adds t_k y_k (module docstring),
-        # t_k = <Gs, F0> (1 - 2 m_k) exp(-2 m_k) / (2 rho) above the floor (0 where rho = 0: no derivative there).
+        # out = (1 + rho) F0: the F0 term scales by (1 + rho); the rho term adds t_k y_k to column k of Z (module
+        # docstring), t_k = <Gs, F0> (1 - 2 m_k) exp(-2 m_k) / (2 rho) above the floor (0 where rho = 0: no derivative
+        # there), <Gs, F0> = g0 tr(Gs) + sum_k e_k W_kk / N.
         rho = spec.rho
         safe = xp.where(rho > 0, rho, xp.ones_like(rho))
         dm = (1 - 2 * spec.m) * xp.exp(-2 * spec.m) / (2 * safe[..., None])
         dm = xp.where((rho > 0)[..., None] & spec.above, dm, xp.zeros_like(dm))
-        g_dot_f = res.g0[..., 0] * xp.sum(g_diag, axis=-1) + xp.sum(e * diagonal(xp, W), axis=-1) / n
-        Z = (1 + rho)[..., None, None] * Z + Y * (g_dot_f[..., None] * dm)[..., None, :]
-    dX = 2 * (Z @ xp.matrix_transpose(spec.U)) / n
-    # The exact gradient is centred over positions (F depends on X - mean only); removing the mean removes round-off.
-    return (dX - xp.mean(dX, axis=-1, keepdims=True),)
+        g_dot_f = res.g0[..., 0] * xp.sum(g_diag, axis=-1) + xp.sum(e * diagonal(xp, W2), axis=-1) / (2 * n)
+        gain_ = (1 + rho)[..., None, None]
+        A, B = gain_ * A, gain_ * B + (2 * g_dot_f[..., None] * dm)[..., :, None] * Vt
+    # The exact gradient is centred over positions (F depends on X - mean only): right-multiplying by I - 11^T/N,
+    # i.e. centring the rows of A and B, removes the round-off in the mean.
+    A, B = A - xp.mean(A, axis=-1, keepdims=True), B - xp.mean(B, axis=-1, keepdims=True)
+    return (T @ A + Y @ B,)
 
 
-gram_spectral_p = Primitive("gram_spectral", _gram_forward, _gram_vjp)
+gram_spectral_p = Primitive("gram_spectral", _gram_forward, _gram_vjp, cast_cotangents=False)

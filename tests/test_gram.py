@@ -294,6 +294,34 @@ def test_gcp_head_takes_the_gram_route_when_positions_are_fewer_than_channels(kw
         GCPHead(12, reduction=None, path="gram", method="newton_schulz")
 
 
+def test_gcp_head_on_float32_features_agrees_on_both_paths():
+    # The Gram route takes the features in float32 and returns the vector in float32 without whole-array casts; the
+    # floor must still be float64's (the dense branch casts first): float32's would move the 7 floored eigenvalues'
+    # square roots from ~1e-7 to ~1e-3.
+    torch = pytest.importorskip("torch")
+    from eigpool.backends.torch import GCPHead
+
+    x = torch.tensor(features(18, 12, 6, [2.0, 1.5, 1.0, 0.5, 0.25], batch=(2,)).reshape(2, 12, 2, 3)).float()
+    results = {}
+    for path in ("gram", "dense"):
+        xx = x.clone().requires_grad_(True)
+        y = GCPHead(12, reduction=None, path=path)(xx)
+        assert y.dtype == torch.float32
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+        results[path] = (y.detach().double().numpy(), xx.grad.double().numpy())
+    for a, b in zip(results["gram"], results["dense"], strict=True):
+        assert _relative(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("triu", [False, True], ids=["matrix", "vector"])
+def test_gram_route_double_backward(triu):
+    # Second order through the torch adapter's differentiable recomputation (distinct Gram eigenvalues), including
+    # the vector's row copies.
+    torch = pytest.importorskip("torch")
+    X = torch.tensor(features(19, 6, 4, [2.0, 1.0, 0.5]), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda X: pooled(X, path="gram", triu=triu), (X,))
+
+
 def test_rank_aware_bench_reports_time_memory_and_ratios(monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("mpmath")
