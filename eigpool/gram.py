@@ -57,7 +57,7 @@ from ._xp import arange_like, diagonal
 from .covariance import covariance
 from .eigh import eigenvalue_floor, eigenvalue_floor_rel
 from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
-from .triu import triu_vec
+from .triu import pack_rows, row_offset, triu_vec, unpack_rows
 
 __all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
 
@@ -207,8 +207,9 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
 
 
 def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
-    """A + c I for A (..., r, m), r <= m, that this module just created, c (..., 1): O(r) writes into A's diagonal
-    (every (m+1)-th entry of the flattened matrix) instead of building c I and adding it, two more d x d passes.
+    """A + diag(c) for A (..., r, m), r <= m, that this module just created, c (..., 1) (c I) or (..., r): O(r) writes
+    into A's diagonal (every (m+1)-th entry of the flattened matrix) instead of building diag(c) and adding it, two
+    more d x d passes.
     Correct whether or not reshape returns a view: only the returned array is used."""
     m = A.shape[-1]
     flat = xp.reshape(A, (*A.shape[:-2], A.shape[-2] * m))
@@ -217,18 +218,12 @@ def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
 
 
 # The fused vector route. Row block [a, b) of a symmetric d x d matrix, restricted to the columns >= a, is an r x m
-# array (r = b - a, m = d - a) whose upper triangle is the contiguous segment [_offset(a), _offset(b)) of the
+# array (r = b - a, m = d - a) whose upper triangle is the contiguous segment [row_offset(a), row_offset(b)) of the
 # triu_vec vector; the columns < a of those rows mirror earlier blocks. Only these (b + 1) / 2b of the entries are
-# computed (forward) or read (backward). The vector's rows are moved by slicing, one row per copy: a gather with an
-# index map moves the same data more slowly and keeps index arrays larger than the vector cached.
+# computed (forward) or read (backward), with eigpool.triu's row packing.
 
 def _row_blocks(d: int) -> list[tuple[int, int]]:
     return [(a, min(a + BLOCK_ROWS, d)) for a in range(0, d, BLOCK_ROWS)]
-
-
-def _offset(d: int, i: Any) -> Any:
-    """Position of entry (i, i) in triu_vec order (row i starts there)."""
-    return i * d - i * (i - 1) // 2
 
 
 def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
@@ -239,24 +234,8 @@ def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
     out = xp.empty((*A.shape[:-2], d * (d + 1) // 2), dtype=dtype, device=device(A))
     for a, b in _row_blocks(d):
         P = _add_to_diagonal(xp, A[..., a:b, :] @ xp.matrix_transpose(B[..., a:, :]), c)
-        P = xp.astype(P, dtype, copy=False)
-        for i in range(a, b):
-            out[..., _offset(d, i):_offset(d, i + 1)] = P[..., i - a, i - a:]
+        pack_rows(out, xp.astype(P, dtype, copy=False), a)
     return out
-
-
-def _symmetric_block(xp: Any, v: Any, d: int, a: int, b: int, c: Any) -> Any:
-    """(Ws + diag(c))[a:b, a:] in c's dtype for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2),
-    triu_vec order; c: (..., d)): the segment's rows, the lower triangle of the leading r x r block mirrored from its
-    upper one, and c[a:b] added to the diagonal."""
-    r = b - a
-    Q = xp.empty((*v.shape[:-1], r, d - a), dtype=c.dtype, device=device(v))
-    for i in range(a, b):
-        Q[..., i - a, i - a:] = v[..., _offset(d, i):_offset(d, i + 1)]
-    j = xp.arange(r, device=device(v))
-    D = Q[..., :, :r]  # below its diagonal: not written yet, never read (where selects the transpose there)
-    Q[..., :, :r] = xp.where(j[:, None] <= j[None, :], D, xp.matrix_transpose(D))
-    return _add_to_diagonal(xp, Q, c[..., a:b])
 
 
 def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
@@ -269,7 +248,7 @@ def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
     out = xp.empty((*v.shape[:-1], d, Y.shape[-1]), dtype=Y.dtype, device=device(Y))
     below = None
     for a, b in _row_blocks(d):
-        Q = _symmetric_block(xp, v, d, a, b, c)
+        Q = _add_to_diagonal(xp, unpack_rows(xp, v, d, a, b, Y.dtype), c[..., a:b])
         row = Q @ Y[..., a:, :]
         out[..., a:b, :] = row if below is None else row + below[..., : b - a, :]
         if b < d:
@@ -289,7 +268,7 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, flo
     if triu:
         # G is the cotangent of the vector: 2 Gs = Ws + diag(G_ii), Ws the symmetric matrix holding G_ij at (i, j) and
         # (j, i), built from the vector block by block in Y's dtype (cast_cotangents=False: no whole-vector cast).
-        g_diag = xp.astype(xp.take(G, _offset(d, xp.arange(d, device=device(G))), axis=-1), Y.dtype)
+        g_diag = xp.astype(xp.take(G, row_offset(d, xp.arange(d, device=device(G))), axis=-1), Y.dtype)
         T = _symmetric_times(xp, G, g_diag, Y)
     else:
         # G Y + G^T Y: a transposed operand costs nothing in a product, a d x d transpose-add costs more.

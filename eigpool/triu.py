@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from array_api_compat import device
@@ -34,56 +33,61 @@ def triu_unvec(v: Any) -> Any:
     return bind(triu_unvec_p, v, compute_dtype=None, d=d)[0]
 
 
-@lru_cache(maxsize=16)
-def _maps(d: int) -> tuple[list[int], list[int], list[int]]:
-    """Gather maps: triu (flat matrix index of each vector entry); upper (vector index of each matrix entry, n for
-    the zero below the diagonal); full (vector index of each matrix entry of the symmetric matrix)."""
-    n = d * (d + 1) // 2
-    pos = {(i, j): k for k, (i, j) in enumerate((i, j) for i in range(d) for j in range(i, d))}
-    triu = [i * d + j for (i, j) in pos]
-    upper = [pos.get((i, j), n) for i in range(d) for j in range(d)]
-    full = [pos[(min(i, j), max(i, j))] for i in range(d) for j in range(d)]
-    return triu, upper, full
+def row_offset(d: int, i: Any) -> Any:
+    """Position of entry (i, i) in the vector of a d x d matrix (i an int or an integer array): row i of the
+    triangle starts there."""
+    return i * d - i * (i - 1) // 2
 
 
-def _gather(xp: Any, x: Any, d: int, which: int) -> Any:
-    """Gather with map ``which`` of ``_maps(d)`` along the last axis."""
-    return xp.take(x, _index(xp, device(x), d, which), axis=-1)
+# The vector is written and read row by row, one slice per row: its rows start at offsets quadratic in the row, so no
+# strided view covers several, and a gather moves the same data more slowly and needs index arrays of d^2 entries.
+
+def pack_rows(out: Any, rows: Any, a: int) -> Any:
+    """Write into ``out`` (..., d(d+1)/2) the triangle's rows a, ..., a + r - 1 from ``rows`` (..., r, d - a), those
+    rows of the d x d matrix restricted to the columns >= a (same dtype as ``out``); returns ``out``."""
+    d = a + rows.shape[-1]
+    for k in range(rows.shape[-2]):
+        out[..., row_offset(d, a + k):row_offset(d, a + k + 1)] = rows[..., k, k:]
+    return out
 
 
-@lru_cache(maxsize=32)
-def _index(xp: Any, dev: Any, d: int, which: int) -> Any:
-    # Converting a list of d^2 ints costs more than the gather itself: keep one index array per namespace and device.
-    return xp.asarray(_maps(d)[which], device=dev)
+def unpack_rows(xp: Any, v: Any, d: int, a: int, b: int, dtype: Any, symmetric: bool = True) -> Any:
+    """Rows a, ..., b - 1 of the d x d matrix whose triangle ``v`` (..., d(d+1)/2) holds, restricted to the columns
+    >= a: (..., b - a, d - a) in ``dtype`` (``v``'s or wider). Below the diagonal: the mirror image if ``symmetric``,
+    else 0."""
+    r = b - a
+    Q = (xp.empty if symmetric else xp.zeros)((*v.shape[:-1], r, d - a), dtype=dtype, device=device(v))
+    for k in range(r):
+        Q[..., k, k:] = v[..., row_offset(d, a + k):row_offset(d, a + k + 1)]
+    if symmetric:
+        j = xp.arange(r, device=device(v))
+        D = Q[..., :, :r]  # below its diagonal: never written, never read (where takes the transpose there)
+        Q[..., :, :r] = xp.where(j[:, None] <= j[None, :], D, xp.matrix_transpose(D))
+    return Q
 
 
-def _flat(xp: Any, x: Any) -> Any:
-    return xp.reshape(x, (*x.shape[:-2], x.shape[-1] * x.shape[-2]))
-
-
-def _square(xp: Any, x: Any, d: int) -> Any:
-    return xp.reshape(x, (*x.shape[:-1], d, d))
+def _pack(xp: Any, S: Any) -> Any:
+    d = S.shape[-1]
+    out = xp.empty((*S.shape[:-2], d * (d + 1) // 2), dtype=S.dtype, device=device(S))
+    return pack_rows(out, S, 0)
 
 
 def _triu_vec_forward(xp: Any, S: Any) -> tuple[tuple, int]:
-    d = S.shape[-1]
-    return (_gather(xp, _flat(xp, S), d, 0),), d
+    return (_pack(xp, S),), S.shape[-1]
 
 
 def _triu_vec_vjp(xp: Any, d: int, g: Any) -> tuple:
-    # Scatter to the upper triangle as a gather from g with one zero appended (the array API has no scatter).
-    padded = xp.concat([g, xp.zeros_like(g[..., :1])], axis=-1)
-    return (_square(xp, _gather(xp, padded, d, 1), d),)
+    # The upper triangle receives g, the rest 0.
+    return (unpack_rows(xp, g, d, 0, d, g.dtype, symmetric=False),)
 
 
 def _triu_unvec_forward(xp: Any, v: Any, *, d: int) -> tuple[tuple, None]:
-    return (_square(xp, _gather(xp, v, d, 2), d),), None
+    return (unpack_rows(xp, v, d, 0, d, v.dtype),), None
 
 
 def _triu_unvec_vjp(xp: Any, res: None, G: Any, *, d: int) -> tuple:
     # v_ij (i < j) appears at (i, j) and (j, i); v_ii once.
-    both = G + xp.matrix_transpose(G) - G * xp.eye(d, dtype=G.dtype, device=device(G))
-    return (_gather(xp, _flat(xp, both), d, 0),)
+    return (_pack(xp, G + xp.matrix_transpose(G) - G * xp.eye(d, dtype=G.dtype, device=device(G))),)
 
 
 triu_vec_p = Primitive("triu_vec", _triu_vec_forward, _triu_vec_vjp)

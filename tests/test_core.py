@@ -184,6 +184,24 @@ def test_triu_vectorisation_round_trip_and_size():
     assert eigpool.triu_vec(np.zeros((2, 256, 256))).shape == (2, 32896)
 
 
+def test_triu_vjps_are_the_adjoints():
+    # triu_vec reads the upper triangle of any square matrix: its VJP puts g there and 0 below; triu_unvec's VJP sums
+    # the two mirror entries. Both against an index-based reference, and <L v, G> = <v, L^T G> for triu_unvec.
+    rng = np.random.default_rng(30)
+    A, G = rng.standard_normal((2, 2, 7, 7))
+    v, g = rng.standard_normal((2, 2, 28))
+    iu = np.triu_indices(7)
+    out, pullback = eigpool.vjp(eigpool.triu_vec, A)
+    expected = np.zeros_like(A)
+    expected[..., iu[0], iu[1]] = g
+    np.testing.assert_array_equal(out, A[..., iu[0], iu[1]])
+    np.testing.assert_array_equal(pullback(g)[0], expected)
+    U, pullback = eigpool.vjp(eigpool.triu_unvec, v)
+    (dv,) = pullback(G)
+    np.testing.assert_array_equal(dv, (G + np.swapaxes(G, -1, -2) - G * np.eye(7))[..., iu[0], iu[1]])
+    np.testing.assert_allclose(np.sum(U * G), np.sum(v * dv), rtol=1e-13)
+
+
 def test_covariance_matches_numpy_cov():
     X = np.random.default_rng(17).standard_normal((2, 5, 30))
     S = eigpool.covariance(X)
