@@ -51,14 +51,13 @@ def check_matrix(S: Any, op: str, name: str = "S") -> Any:
         raise ValueError(f"{op}: argument '{name}' must be square in its last two axes, got shape {tuple(S.shape)}")
     if S.shape[-1] == 0:
         raise ValueError(f"{op}: argument '{name}' must have d >= 1, got shape {tuple(S.shape)}")
-    # S - S^T is antisymmetric, so its largest entry is its largest magnitude; max|S| from max and min: no abs pass.
-    asym = xp.max(S - xp.matrix_transpose(S), axis=(-2, -1))
-    if bool(xp.isfinite(xp.sum(S)) & xp.all(asym == 0)):
-        # Finite and exactly symmetric (X X^T from BLAS, (A + A^T) / 2): two reductions, one host sync. Otherwise
-        # (NaN or inf make asym NaN) the tests below tell which check fails.
-        return xp
+    # Finite first: S - S^T of an inf entry is NaN, which NumPy would report with a warning before the error.
     if not _all_finite(xp, S):
         raise ValueError(f"{op}: argument '{name}' contains NaN or inf")
+    # S - S^T is antisymmetric, so its largest entry is its largest magnitude; max|S| from max and min: no abs pass.
+    asym = xp.max(S - xp.matrix_transpose(S), axis=(-2, -1))
+    if bool(xp.all(asym == 0)):
+        return xp  # exactly symmetric (X X^T from BLAS, (A + A^T) / 2)
     scale = xp.maximum(xp.max(S, axis=(-2, -1)), -xp.min(S, axis=(-2, -1)))
     if bool(xp.any(asym > relative_eps(xp, S.dtype) * scale)):
         worst = float(xp.max(asym / xp.where(scale > 0, scale, 1.0)))
