@@ -234,7 +234,7 @@ def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
     out = xp.empty((*A.shape[:-2], d * (d + 1) // 2), dtype=dtype, device=device(A))
     for a, b in _row_blocks(d):
         P = _add_to_diagonal(xp, A[..., a:b, :] @ xp.matrix_transpose(B[..., a:, :]), c)
-        pack_rows(out, xp.astype(P, dtype, copy=False), a)
+        pack_rows(xp, out, xp.astype(P, dtype, copy=False), a)
     return out
 
 

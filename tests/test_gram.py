@@ -90,10 +90,13 @@ def test_fused_triu_vector_equals_triu_vec_of_the_dense_path(name):
     np.testing.assert_array_equal(pooled(X, path="dense", triu=True, **FUNCTIONS[name]), ref)
 
 
+@pytest.mark.parametrize("move", [0, 10**9], ids=["row copies", "gathers"])
 @pytest.mark.parametrize("rows", [1, 3, 5, 13])
-def test_fused_triu_vector_in_row_blocks(rows, monkeypatch):
-    # The fused route works on blocks of BLOCK_ROWS rows (256 by default): exercise uneven and one-row blocks.
+def test_fused_triu_vector_in_row_blocks(rows, move, monkeypatch):
+    # The fused route works on blocks of BLOCK_ROWS rows (256 by default): exercise uneven and one-row blocks, with
+    # the vector's rows moved by slice copies and by gathers (eigpool.triu.ROW_COPY_MIN chooses by size).
     monkeypatch.setattr(eigpool.gram, "BLOCK_ROWS", rows)
+    monkeypatch.setattr(eigpool.triu, "ROW_COPY_MIN", move)
     X = features(20, 14, 6, SPECTRA["tied"], batch=(2,))
     w = np.random.default_rng(21).standard_normal((2, 105))
     for kwargs in ({}, {"seb": True, "floor": 1e-3}):
@@ -227,8 +230,10 @@ def test_runs_on_any_array_api_namespace(xp, monkeypatch):
     X = features(13, 8, 4, [2.0, 1.0, 0.5])
     np.testing.assert_allclose(to_numpy(pooled(asarray(X), path="gram")), pooled(X, path="gram"), rtol=1e-13)
     monkeypatch.setattr(eigpool.gram, "BLOCK_ROWS", 3)
-    np.testing.assert_allclose(to_numpy(pooled(asarray(X), path="gram", triu=True)),
-                               eigpool.triu_vec(pooled(X, path="dense")), rtol=1e-12)
+    for move in (0, 10**9):  # the vector's rows moved by slice copies, then by gathers
+        monkeypatch.setattr(eigpool.triu, "ROW_COPY_MIN", move)
+        np.testing.assert_allclose(to_numpy(pooled(asarray(X), path="gram", triu=True)),
+                                   eigpool.triu_vec(pooled(X, path="dense")), rtol=1e-12)
 
 
 def test_torch_autograd_matches_the_core_and_gradcheck():
