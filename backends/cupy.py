@@ -26,6 +26,7 @@ from eigpool import (
     logm,
     ns_invsqrtm,
     ns_sqrtm,
+    pooled,
     powm,
     seb,
     spectral,
@@ -36,8 +37,8 @@ from eigpool import (
     vjp,
 )
 
-__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "powm", "seb", "spectral",
-           "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]
+__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb",
+           "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]
 
 
 def _require_device() -> None:
