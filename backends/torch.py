@@ -15,6 +15,14 @@ A backward that runs with ``create_graph=True`` must itself be differentiable. T
   the core VJP rule is evaluated with torch operations: PyTorch differentiates both. This is exact where PyTorch's own
   derivatives are defined (for the eigendecomposition: distinct eigenvalues).
 
+[Note: torch forward mode]
+Forward-mode AD (``torch.autograd.forward_ad`` dual tensors, ``gradcheck(check_forward_ad=True)``) needs no rule of its
+own: every VJP rule is linear in its cotangent w, so J t = d/dw <vjp(w), t>, one evaluation of the VJP rule on the
+saved residuals and its backward with respect to w, both by PyTorch. It is the exact transpose of the VJP, so exact at
+repeated eigenvalues wherever the VJP is (and, for an approximate ``grad=`` kernel, the transpose of that
+approximation). ``torch.func`` transforms (vmap, jacrev, torch.func.jvp) are not supported: they need a
+``setup_context`` form and no data-dependent checks, and PyTorch says so when they are tried.
+
 Layers: ``CovariancePooling``, ``MatrixFunction`` and the complete head ``GCPHead`` (1x1 reduction, covariance,
 normalisation, SEB or truncation, upper-triangular vector).
 """
@@ -27,6 +35,7 @@ from typing import Any
 import array_api_compat.torch as xp_torch
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 import eigpool
 from eigpool import (
@@ -70,35 +79,65 @@ def bind(p: Primitive, inputs: tuple, params: dict, compute_dtype: str | None) -
     """
     dtype = inputs[0].dtype
     cdtype = compute_dtype_of(xp_torch, dtype, compute_dtype)
-    if torch.is_grad_enabled() and any(isinstance(inputs[i], Tensor) and inputs[i].requires_grad
-                                       for i in p.differentiable):
+    if (torch.is_grad_enabled() and any(isinstance(inputs[i], Tensor) and inputs[i].requires_grad
+                                        for i in p.differentiable)) or any(_has_tangent(x) for x in inputs):
         return _PrimitiveFunction.apply(p, params, cdtype, *inputs)
     with torch.no_grad():
         outputs, _ = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
     return tuple(_cast(y, dtype) for y in outputs)
 
 
+def _has_tangent(x: Any) -> bool:
+    """Whether ``x`` is a dual tensor of forward-mode AD (``torch.autograd.forward_ad``)."""
+    return isinstance(x, Tensor) and forward_ad.unpack_dual(x).tangent is not None
+
+
 class _PrimitiveFunction(torch.autograd.Function):
-    """The generic autograd function: forward = ``p.forward`` in the compute dtype, backward = ``p.vjp``.
+    """The generic autograd function: forward = ``p.forward`` in the compute dtype, backward = ``p.vjp``, forward-mode
+    ``jvp`` = the VJP rule transposed ([Note: torch forward mode]).
 
     Residuals may be any nesting of tuples, lists, named tuples and dicts: their tensors go through
-    ``save_for_backward`` (so in-place changes to them are detected and no reference cycle is made), everything else
-    is kept on ``ctx``.
+    ``save_for_backward`` and ``save_for_forward`` (so in-place changes to them are detected and no reference cycle is
+    made), everything else is kept on ``ctx``.
     """
 
     @staticmethod
     def forward(ctx: Any, p: Primitive, params: dict, cdtype: torch.dtype, *inputs: Any) -> tuple[Tensor, ...]:
         dtype = inputs[0].dtype
         outputs, residuals = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
-        outputs = tuple(_cast(y, dtype) for y in outputs)
+        # An output that is a view of a tensor made inside the rule (a reshape) is returned as a plain tensor on the
+        # same memory: forward-mode AD requires a view's tangent to be a view too.
+        outputs = tuple(_cast(y, dtype).detach() if y._is_view() else _cast(y, dtype) for y in outputs)
         tensors: list[Tensor] = []
         ctx.spec = _flatten(residuals, tensors)
         ctx.p, ctx.params, ctx.cdtype = p, params, cdtype
         ctx.input_at = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
         ctx.n_inputs = len(inputs)
         ctx.input_dtypes = tuple(None if x is None else x.dtype for x in inputs)
+        ctx.outputs = tuple((y.shape, y.dtype) for y in outputs)
         ctx.save_for_backward(*[inputs[i] for i in ctx.input_at], *tensors)
+        ctx.save_for_forward(*[inputs[i] for i in ctx.input_at], *tensors)
         return outputs
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> tuple[Tensor, ...]:
+        # [Note: torch forward mode]: J t = d/dw <vjp(w), t>, the VJP rule being linear in its cotangent w.
+        p, params, cdtype = ctx.p, ctx.params, ctx.cdtype
+        tangents = tangents[3:]
+        for i, t in enumerate(tangents):
+            if t is not None and i not in p.differentiable:
+                raise NotImplementedError(f"{p.name}: forward-mode AD through input {i}, which has no derivative rule")
+        saved = ctx.saved_tensors
+        residuals = _unflatten(ctx.spec, iter(saved[len(ctx.input_at):]))
+        device = saved[0].device
+        with torch.enable_grad():
+            ws = tuple(torch.zeros(shape, dtype=cdtype, device=device, requires_grad=True) for shape, _ in ctx.outputs)
+            grads = p.vjp(xp_torch, residuals, *ws, **params)
+            terms = [(g * t.to(g.dtype)).sum() for g, t in zip(grads, tangents, strict=True)
+                     if g is not None and t is not None and g.requires_grad]
+            jt = torch.autograd.grad(sum(terms), ws, allow_unused=True) if terms else (None,) * len(ws)
+        return tuple(torch.zeros(shape, dtype=dtype, device=device) if j is None else j.detach().to(dtype)
+                     for j, (shape, dtype) in zip(jt, ctx.outputs, strict=True))
 
     @staticmethod
     def backward(ctx: Any, *cotangents: Tensor) -> tuple[Any, ...]:

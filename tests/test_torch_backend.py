@@ -61,8 +61,33 @@ GRADCHECK_CASES = [(name, spectrum) for name in EXACT for spectrum in SPECTRA
 
 @pytest.mark.parametrize(("name", "spectrum"), GRADCHECK_CASES)
 def test_gradcheck_every_exact_primitive(name, spectrum):
+    # Reverse and forward mode ([Note: torch forward mode]: the JVP is the VJP rule transposed), at ties too.
     S = tensor(spd(3, SPECTRA[spectrum]), requires_grad=True)
-    assert torch.autograd.gradcheck(lambda A: EXACT[name](sym(A)), (S,))
+    assert torch.autograd.gradcheck(lambda A: EXACT[name](sym(A)), (S,), check_forward_ad=True)
+
+
+def test_forward_mode_is_the_exact_derivative_at_a_fourfold_eigenvalue():
+    # sqrt'(c I)[E] = E / (2 sqrt(c)) and log'(c I)[E] = E / c, where autodiff through eigh divides 0 by 0.
+    fw = torch.autograd.forward_ad
+    E = sym(torch.randn(4, 4, dtype=F64, generator=torch.Generator().manual_seed(0)))
+    with fw.dual_level():
+        S = fw.make_dual(4 * torch.eye(4, dtype=F64), E)
+        torch.testing.assert_close(fw.unpack_dual(eigpool.sqrtm(S)).tangent, E / 4, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(fw.unpack_dual(eigpool.logm(S)).tangent, E / 4, rtol=1e-14, atol=1e-15)
+        t = fw.unpack_dual(eigpool.triu_vec(eigpool.sqrtm(S))).tangent
+    assert t.shape == (10,) and t.dtype == F64
+
+
+def test_forward_mode_through_covariance_the_gram_route_and_float32():
+    X = torch.randn(2, 6, 4, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    for f in (eigpool.covariance, lambda X: eigpool.pooled(X, path="gram", triu=True),
+              lambda X: eigpool.pooled(X, path="gram", seb=True),
+              lambda X: eigpool.triu_unvec(X.flatten(-2)[..., :21])):
+        assert torch.autograd.gradcheck(f, (X,), check_forward_ad=True)
+    fw = torch.autograd.forward_ad
+    with fw.dual_level():
+        y = eigpool.sqrtm(fw.make_dual(torch.eye(3), torch.ones(3, 3)))
+        assert fw.unpack_dual(y).tangent.dtype == torch.float32
 
 
 def test_gradcheck_eigenvectors_at_distinct_eigenvalues():

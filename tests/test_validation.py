@@ -152,6 +152,9 @@ def test_torch_forward_mode():
     X = torch.tensor(spd_matrix(0, 4, "distinct") * 0.3)
     result = check_jvp(torch.linalg.matrix_exp, X)
     assert result.passed and result.framework == "torch" and result.note == ""
+    # eigpool's functions have forward mode too (the VJP rule transposed), at repeated eigenvalues as well.
+    result = check_jvp(eigpool.logm, torch.tensor(spd_matrix(0, 5, "repeated")))
+    assert result.passed and result.note == ""
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -328,13 +328,20 @@ class _TorchAdapter:
 
     def jvp(self, fn: Callable[..., Any], arrays: Sequence[np.ndarray],
             tangents: Sequence[np.ndarray]) -> tuple[np.ndarray, ...] | None:
-        # Forward mode where the function supports it; otherwise the caller builds J e from pullbacks.
+        # Forward mode (dual tensors) where the function supports it; otherwise the caller builds J e from pullbacks.
+        fw = self._torch.autograd.forward_ad
         try:
-            _, t = self._torch.func.jvp(fn, tuple(self.to_framework(a) for a in arrays),
-                                        tuple(self.to_framework(e) for e in tangents))
+            with fw.dual_level():
+                outs = _as_tuple(fn(*[fw.make_dual(self.to_framework(a), self.to_framework(e))
+                                      for a, e in zip(arrays, tangents, strict=True)]))
+                ts = [fw.unpack_dual(y).tangent for y in outs]
         except (RuntimeError, NotImplementedError, TypeError):
             return None
-        return tuple(self.to_numpy(y) for y in _as_tuple(t))
+        # An output without a tangent: independent of the inputs, or computed where forward mode does not reach (a
+        # detach, autograd.grad inside fn): the pullbacks tell which.
+        if any(t is None for t in ts):
+            return None
+        return tuple(self.to_numpy(t) for t in ts)
 
     def vjp_function(self, fn: Callable[..., Any], ws: Sequence[np.ndarray]) -> Callable[..., tuple]:
         """x -> pullback_x(ws) with ``create_graph``, so that it can be differentiated again."""
@@ -521,8 +528,9 @@ def check_jvp(fn: Callable[..., Any], *inputs: Any, directions: int = 3, step: f
     """Check the Jacobian-vector product J e of ``fn`` against central differences, every output entry.
 
     jvp: ``jvp(fn, primals, tangents) -> (out, tangent_out)`` for NumPy/CuPy functions. Without it, PyTorch uses
-      forward mode (``torch.func.jvp``) where the function supports it; otherwise J e is assembled from one pullback
-      per output entry (the VJP rule, transposed: exact, but as many backward passes as output entries).
+      forward mode (``torch.autograd.forward_ad``) where the function supports it (eigpool's functions do);
+      otherwise J e is assembled from one pullback per output entry (the VJP rule, transposed: exact, but as many
+      backward passes as output entries).
     error: per direction ||fd - J e|| / max(||fd||, ||J e||, atol) (Frobenius over all outputs); ``entries`` names the
     output entries with the largest mismatch in the worst direction. Other arguments as in ``check_vjp``.
     """
