@@ -344,3 +344,11 @@ def test_rank_aware_bench_reports_time_memory_and_ratios(monkeypatch):
     assert result["ratios"]["MiB dense/auto"] == 1.5
     assert set(result["ratios"]) == {"pade/auto", "dense/auto", "MiB dense/auto"}
     assert len(lines) == 3 and "B=2 d=24 N=6 float32" in lines[-1]
+    # A subset of methods gives the ratios it can; the command line picks cases and methods.
+    (result,) = bench.run_rank_aware([case], ["eigpool_auto", "eigpool_dense"], repeats=1, log=lines.append)["results"]
+    assert set(result["ratios"]) == {"dense/auto", "MiB dense/auto"}
+    args = bench._parse(["--rank-aware", "--dim", "256", "--positions", "49", "196", "--methods", "eigpool_auto"])
+    assert bench._cases(args, bench.RANK_CASES) == [bench.Case(4, 256, 49, "float32"), bench.Case(4, 256, 196,
+                                                                                                  "float32")]
+    with pytest.raises(SystemExit):
+        bench._parse(["--methods", "eigpool_auto"])  # a method of the rank-aware table only

@@ -367,7 +367,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--dim", type=int, nargs="+", help="channel counts d (replaces the case table)")
     ap.add_argument("--positions", type=int, nargs="+", help="positions N (replaces the case table)")
     ap.add_argument("--dtype", nargs="+", choices=("float32", "float64"), help="dtypes (replaces the case table)")
-    ap.add_argument("--methods", nargs="+", choices=list(BASELINES), help="methods to run (default: all)")
+    ap.add_argument("--methods", nargs="+", choices=sorted({*BASELINES, *RANK_BASELINES}),
+                    help=f"methods to run (default: all; with --rank-aware: {', '.join(RANK_BASELINES)})")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; set OMP_NUM_THREADS too)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per case (default 1)")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case, at least (default 5)")
@@ -377,13 +378,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                     "auto: cpu with one thread, wall otherwise)")
     ap.add_argument("--json", default="eigpool_bench.json", help="output file (default eigpool_bench.json; '' none)")
     ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    ap.add_argument("--rank-aware", action="store_true", help="only the rank-aware cases (RANK_CASES: B=4, d=1024 and "
-                    "2048, N=196, float32 features computed in float64) with peak memory; several minutes")
-    return ap.parse_args(argv)
+    ap.add_argument("--rank-aware", action="store_true", help="the rank-aware table (default cases RANK_CASES: B=4, "
+                    "d=1024 and 2048, N=196, float32 features computed in float64; --batch etc. replace them) with "
+                    "peak memory; several minutes")
+    args = ap.parse_args(argv)
+    known = RANK_BASELINES if args.rank_aware else BASELINES
+    if args.methods and set(args.methods) - set(known):
+        ap.error(f"--methods {' '.join(sorted(set(args.methods) - set(known)))}: not a method of this table "
+                 f"({', '.join(known)})")
+    return args
 
 
-def _cases(args: argparse.Namespace) -> list[Case]:
-    base = QUICK_CASES if args.quick else CASES
+def _cases(args: argparse.Namespace, base: Sequence[Case] | None = None) -> list[Case]:
+    """The case table ``base`` (default: CASES, or QUICK_CASES with --quick), or the grid the options give, each
+    unspecified field taking the table's values."""
+    base = list(base if base is not None else QUICK_CASES if args.quick else CASES)
     if not any((args.batch, args.dim, args.positions, args.dtype)):
         return base
     def pick(given: list | None, field: str) -> list:
@@ -400,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.min_seconds = min(args.repeats, 3), min(args.min_seconds, 0.5)
     if args.rank_aware:
-        report = run_rank_aware(threads=args.threads, warmup=args.warmup, repeats=min(args.repeats, 3))
+        report = run_rank_aware(_cases(args, RANK_CASES), args.methods, threads=args.threads, warmup=args.warmup,
+                                repeats=min(args.repeats, 3), clock=args.clock)
     else:
         report = run(_cases(args), args.methods, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                      min_seconds=args.min_seconds, clock=args.clock)
@@ -488,23 +498,34 @@ def peak_memory(case: Case, method: str, threads: int = 1, seed: int = 0) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_rank_aware(cases: Sequence[Case] = tuple(RANK_CASES), *, threads: int = 1, warmup: int = 1, repeats: int = 3,
-                   min_seconds: float = 0.0, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Time and peak memory of ``RANK_BASELINES`` on ``cases``: {"environment": ..., "results": [{case, seconds,
-    peak_mib, ratios}, ...]}; ratios > 1 mean the automatic (Gram) path is faster or smaller."""
+def run_rank_aware(cases: Sequence[Case] = tuple(RANK_CASES), methods: Sequence[str] | None = None, *,
+                   threads: int = 1, warmup: int = 1, repeats: int = 3, min_seconds: float = 0.0, seed: int = 0,
+                   clock: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """Time and peak memory of ``RANK_BASELINES`` (or the ``methods`` named) on ``cases``: {"environment": ...,
+    "results": [{case, seconds, peak_mib, ratios}, ...]}; ratios > 1 mean the automatic (Gram) path is faster or
+    smaller, given where both of their methods ran. ``clock`` as in ``run``."""
     _torch().set_num_threads(threads)
-    env = _environment(threads)
-    names = list(RANK_BASELINES)
+    names = list(RANK_BASELINES) if methods is None else list(methods)
+    unknown = sorted(set(names) - set(RANK_BASELINES))
+    if unknown:
+        raise ValueError(f"bench: unknown rank-aware method(s) {unknown}; known: {sorted(RANK_BASELINES)}")
+    clock = ("cpu" if threads == 1 else "wall") if clock == "auto" else clock
+    if clock not in CLOCKS:
+        raise ValueError(f"bench: clock must be 'auto' or one of {sorted(CLOCKS)}, got {clock!r}")
+    env = {**_environment(threads), "clock": clock}
     log(_header(env).replace("covariance -> sqrtm -> triu", "covariance -> sqrtm -> triu, float64 compute"))
-    cols = [c for c, _, _ in RANK_RATIOS] + ["MiB dense/auto"]
+    pairs = [(c, a, b) for c, a, b in RANK_RATIOS if a in names and b in names]
+    cols = [c for c, _, _ in pairs] + (["MiB dense/auto"] if {"eigpool_auto", "eigpool_dense"} <= set(names) else [])
     log(" ".join([f"{'case':<28}"] + [f"{n:>13}" for n in names] + [f"{n + ' MiB':>18}" for n in names]
                  + [f"{c:>15}" for c in cols]))
     results = []
     for case in cases:
-        seconds = _time_case(case, RANK_BASELINES, warmup, repeats, min_seconds, seed)
+        seconds = _time_case(case, {n: RANK_BASELINES[n] for n in names}, warmup, repeats, min_seconds, seed,
+                             CLOCKS[clock])
         memory = {name: peak_memory(case, name, threads, seed) for name in names}
-        ratios = {col: seconds[a] / seconds[b] for col, a, b in RANK_RATIOS}
-        ratios["MiB dense/auto"] = memory["eigpool_dense"]["peak"] / memory["eigpool_auto"]["peak"]
+        ratios = {col: seconds[a] / seconds[b] for col, a, b in pairs}
+        if "MiB dense/auto" in cols:
+            ratios["MiB dense/auto"] = memory["eigpool_dense"]["peak"] / memory["eigpool_auto"]["peak"]
         results.append({"case": asdict(case), "seconds": seconds, "peak_mib": memory, "ratios": ratios})
         log(" ".join([f"{case!s:<28}"] + [f"{1e3 * seconds[n]:>13.1f}" for n in names]
                      + [f"{memory[n]['peak']:>18.0f}" for n in names] + [f"{ratios[c]:>15.2f}" for c in cols]
