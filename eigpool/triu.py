@@ -48,10 +48,12 @@ def row_offset(d: int, i: Any) -> Any:
 # once a row carries more than about ROW_COPY_MIN entries (batch size x row length; measured in PyTorch on a CPU
 # core: the gather is 2.4x faster at batch 8, d = 64, the rows 1.5x faster at batch 32, d = 256).
 ROW_COPY_MIN = 2048
+#: Largest block (r x m entries) moved by a gather: its cached index maps stay below 25 MB.
+GATHER_MAX = 2**20
 
 
-def _by_rows(batch: tuple[int, ...], m: int) -> bool:
-    return math.prod(batch) * m >= ROW_COPY_MIN
+def _by_rows(batch: tuple[int, ...], r: int, m: int) -> bool:
+    return math.prod(batch) * m >= ROW_COPY_MIN or r * m > GATHER_MAX
 
 
 @lru_cache(maxsize=32)
@@ -75,7 +77,7 @@ def pack_rows(xp: Any, out: Any, rows: Any, a: int) -> Any:
     rows of the d x d matrix restricted to the columns >= a (same dtype as ``out``); returns ``out``."""
     r, m = rows.shape[-2], rows.shape[-1]
     d = a + m
-    if not _by_rows(rows.shape[:-2], m):
+    if not _by_rows(rows.shape[:-2], r, m):
         upper, _, _ = _block_maps(xp, device(rows), r, m)
         flat = xp.reshape(rows, (*rows.shape[:-2], r * m))
         out[..., row_offset(d, a):row_offset(d, a + r)] = xp.take(flat, upper, axis=-1)
@@ -90,7 +92,7 @@ def unpack_rows(xp: Any, v: Any, d: int, a: int, b: int, dtype: Any, symmetric: 
     >= a: (..., b - a, d - a) in ``dtype`` (``v``'s or wider). Below the diagonal: the mirror image if ``symmetric``,
     else 0."""
     r, m = b - a, d - a
-    if not _by_rows(v.shape[:-1], m):
+    if not _by_rows(v.shape[:-1], r, m):
         _, mirror, padded = _block_maps(xp, device(v), r, m)
         segment = v[..., row_offset(d, a):row_offset(d, b)]
         if not symmetric:
