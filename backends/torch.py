@@ -20,8 +20,10 @@ Forward-mode AD (``torch.autograd.forward_ad`` dual tensors, ``gradcheck(check_f
 own: every VJP rule is linear in its cotangent w, so J t = d/dw <vjp(w), t>, one evaluation of the VJP rule on the
 saved residuals and its backward with respect to w, both by PyTorch. It is the exact transpose of the VJP, so exact at
 repeated eigenvalues wherever the VJP is (and, for an approximate ``grad=`` kernel, the transpose of that
-approximation). ``torch.func`` transforms (vmap, jacrev, torch.func.jvp) are not supported: they need a
-``setup_context`` form and no data-dependent checks, and PyTorch says so when they are tried.
+approximation). Forward over reverse (Hessian-vector products: forward mode through ``autograd.grad(...,
+create_graph=True)``) works too, the backward being bound like any primitive. ``torch.func`` transforms (vmap,
+jacrev, torch.func.jvp) are not supported: they need a ``setup_context`` form and no data-dependent checks, and
+PyTorch says so when they are tried.
 
 Layers: ``CovariancePooling``, ``MatrixFunction`` and the complete head ``GCPHead`` (1x1 reduction, covariance,
 normalisation, SEB or truncation, upper-triangular vector).

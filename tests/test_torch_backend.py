@@ -78,6 +78,38 @@ def test_forward_mode_is_the_exact_derivative_at_a_fourfold_eigenvalue():
     assert t.shape == (10,) and t.dtype == F64
 
 
+FORWARD_OVER_REVERSE = {
+    "sqrtm": (eigpool.sqrtm, (6, 6)),
+    "logm(sym)": (lambda S: eigpool.logm(sym(S)), (6, 6)),
+    "ns_sqrtm": (eigpool.ns_sqrtm, (6, 6)),
+    "pooled(gram, triu)": (lambda X: eigpool.pooled(X, path="gram", triu=True), (2, 6, 4)),
+}
+
+
+@pytest.mark.parametrize("name", FORWARD_OVER_REVERSE)
+def test_forward_over_reverse_hessian_vector_products(name):
+    # d/dt of the gradient <w, f(x + t v)> by forward mode through the backward, against central differences.
+    f, shape = FORWARD_OVER_REVERSE[name]
+    gen = torch.Generator().manual_seed(2)
+    P = torch.randn(shape, dtype=F64, generator=gen)
+    P = P @ P.mT + torch.eye(6, dtype=F64) if len(shape) == 2 else P
+    V = torch.randn(shape, dtype=F64, generator=gen)
+    V = sym(V) if len(shape) == 2 else V
+    W = torch.randn(f(P).shape, dtype=F64, generator=gen)
+
+    def gradient(x):
+        x = x.clone().requires_grad_(True)
+        return torch.autograd.grad(f(x), x, W)[0]
+
+    fw = torch.autograd.forward_ad
+    with fw.dual_level():
+        x = fw.make_dual(P.clone(), V).requires_grad_(True)
+        (g,) = torch.autograd.grad(f(x), x, W, create_graph=True)
+        hvp = fw.unpack_dual(g).tangent
+    fd = (gradient(P + 1e-6 * V) - gradient(P - 1e-6 * V)) / 2e-6
+    torch.testing.assert_close(hvp, fd, rtol=1e-6, atol=1e-6 * float(fd.abs().max()))
+
+
 def test_forward_mode_through_covariance_the_gram_route_and_float32():
     X = torch.randn(2, 6, 4, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     for f in (eigpool.covariance, lambda X: eigpool.pooled(X, path="gram", triu=True),
