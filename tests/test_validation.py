@@ -152,9 +152,13 @@ def test_torch_forward_mode():
     X = torch.tensor(spd_matrix(0, 4, "distinct") * 0.3)
     result = check_jvp(torch.linalg.matrix_exp, X)
     assert result.passed and result.framework == "torch" and result.note == ""
-    # eigpool's functions have forward mode too (the VJP rule transposed), at repeated eigenvalues as well.
+    # eigpool's functions have forward mode too (the VJP rule transposed), at repeated eigenvalues as well, and the
+    # second-order forward check is forward over reverse, not J e assembled from pullbacks (the note says which).
     result = check_jvp(eigpool.logm, torch.tensor(spd_matrix(0, 5, "repeated")))
     assert result.passed and result.note == ""
+    report = check_grads(eigpool.sqrtm, [torch.tensor(spd_matrix(1, 5, "repeated"))], order=2)
+    assert report.passed and [(order, mode, check.note) for order, mode, check in report.checks if mode == "fwd"] == [
+        (1, "fwd", ""), (2, "fwd", "")]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -344,10 +344,14 @@ class _TorchAdapter:
         return tuple(self.to_numpy(t) for t in ts)
 
     def vjp_function(self, fn: Callable[..., Any], ws: Sequence[np.ndarray]) -> Callable[..., tuple]:
-        """x -> pullback_x(ws) with ``create_graph``, so that it can be differentiated again."""
+        """x -> pullback_x(ws) with ``create_graph``, so that it can be differentiated again (in reverse mode, or in
+        forward mode: a dual x, made by ``jvp``, keeps its tangent, so forward over reverse is what gets checked)."""
+        fw = self._torch.autograd.forward_ad
+
         def g(*xs: Any) -> tuple:
             with self._torch.enable_grad():
-                xs = [x if x.requires_grad else x.detach().requires_grad_(True) for x in xs]
+                xs = [x if x.requires_grad else x.requires_grad_(True) if fw.unpack_dual(x).tangent is not None
+                      else x.detach().requires_grad_(True) for x in xs]
                 outs = _as_tuple(fn(*xs))
                 return self._grad(outs, xs, [self.to_framework(w) for w in ws], create_graph=True)
 
