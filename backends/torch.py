@@ -22,8 +22,8 @@ saved residuals and its backward with respect to w, both by PyTorch. It is the e
 repeated eigenvalues wherever the VJP is (and, for an approximate ``grad=`` kernel, the transpose of that
 approximation). Forward over reverse (Hessian-vector products: forward mode through ``autograd.grad(...,
 create_graph=True)``) works too, the backward being bound like any primitive. ``torch.func`` transforms (vmap,
-jacrev, torch.func.jvp) are not supported: they need a ``setup_context`` form and no data-dependent checks, and
-PyTorch says so when they are tried.
+jacrev, torch.func.jvp) are not supported: they need a ``setup_context`` form and no data-dependent checks; a
+NotImplementedError says so (under vmap PyTorch's own error may come first, from an input check).
 
 Layers: ``CovariancePooling``, ``MatrixFunction`` and the complete head ``GCPHead`` (1x1 reduction, covariance,
 normalisation, SEB or truncation, upper-triangular vector).
@@ -83,7 +83,15 @@ def bind(p: Primitive, inputs: tuple, params: dict, compute_dtype: str | None) -
     cdtype = compute_dtype_of(xp_torch, dtype, compute_dtype)
     if (torch.is_grad_enabled() and any(isinstance(inputs[i], Tensor) and inputs[i].requires_grad
                                         for i in p.differentiable)) or any(_has_tangent(x) for x in inputs):
-        return _PrimitiveFunction.apply(p, params, cdtype, *inputs)
+        try:
+            return _PrimitiveFunction.apply(p, params, cdtype, *inputs)
+        except RuntimeError as error:
+            if "setup_context" not in str(error):
+                raise
+            raise NotImplementedError(
+                f"eigpool.{p.name}: torch.func transforms (grad, vjp, jvp, vmap, jacrev) are not supported; use "
+                "torch.autograd (backward, autograd.grad, also with create_graph=True) or forward mode through "
+                "torch.autograd.forward_ad ([Note: torch forward mode] in eigpool.backends.torch)") from error
     with torch.no_grad():
         outputs, _ = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], **params)
     return tuple(_cast(y, dtype) for y in outputs)

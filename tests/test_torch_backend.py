@@ -78,6 +78,12 @@ def test_forward_mode_is_the_exact_derivative_at_a_fourfold_eigenvalue():
     assert t.shape == (10,) and t.dtype == F64
 
 
+def test_torch_func_transforms_raise_a_clear_error():
+    S = 2 * torch.eye(3, dtype=F64)
+    with pytest.raises(NotImplementedError, match="torch.func transforms .* are not supported; use torch.autograd"):
+        torch.func.grad(lambda S: eigpool.sqrtm(S).sum())(S)
+
+
 FORWARD_OVER_REVERSE = {
     "sqrtm": (eigpool.sqrtm, (6, 6)),
     "logm(sym)": (lambda S: eigpool.logm(sym(S)), (6, 6)),
