@@ -296,6 +296,22 @@ def _environment(threads: int) -> dict:
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def _setup(table: dict[str, Callable], methods: Sequence[str] | None, threads: int,
+           clock: str) -> tuple[list[str], str, dict]:
+    """Set torch's threads; return the method names (all of ``table`` if None), the clock name ("auto": cpu with one
+    thread, wall otherwise) and the environment record. Unknown methods or clocks raise ValueError."""
+    _torch().set_num_threads(threads)
+    names = list(table) if methods is None else list(methods)
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"bench: unknown method(s) {unknown}; known: {sorted(table)}")
+    if clock == "auto":
+        clock = "cpu" if threads == 1 else "wall"
+    if clock not in CLOCKS:
+        raise ValueError(f"bench: clock must be 'auto' or one of {sorted(CLOCKS)}, got {clock!r}")
+    return names, clock, {**_environment(threads), "clock": clock}
+
+
 def run(cases: Sequence[Case], methods: Sequence[str] | None = None, *, threads: int = 1, warmup: int = 1,
         repeats: int = 5, min_seconds: float = 1.0, seed: int = 0, clock: str = "auto",
         log: Callable[[str], None] = print) -> dict:
@@ -305,17 +321,7 @@ def run(cases: Sequence[Case], methods: Sequence[str] | None = None, *, threads:
     idle machine and does not count time spent waiting for other processes on a shared one), or "auto" (cpu with one
     thread, wall otherwise).
     """
-    torch = _torch()
-    torch.set_num_threads(threads)
-    names = list(BASELINES) if methods is None else list(methods)
-    unknown = sorted(set(names) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"bench: unknown method(s) {unknown}; known: {sorted(BASELINES)}")
-    if clock == "auto":
-        clock = "cpu" if threads == 1 else "wall"
-    if clock not in CLOCKS:
-        raise ValueError(f"bench: clock must be 'auto' or one of {sorted(CLOCKS)}, got {clock!r}")
-    env = {**_environment(threads), "clock": clock}
+    names, clock, env = _setup(BASELINES, methods, threads, clock)
     log(_header(env))
     log(_row_header(names))
     results = []
@@ -504,15 +510,7 @@ def run_rank_aware(cases: Sequence[Case] = tuple(RANK_CASES), methods: Sequence[
     """Time and peak memory of ``RANK_BASELINES`` (or the ``methods`` named) on ``cases``: {"environment": ...,
     "results": [{case, seconds, peak_mib, ratios}, ...]}; ratios > 1 mean the automatic (Gram) path is faster or
     smaller, given where both of their methods ran. ``clock`` as in ``run``."""
-    _torch().set_num_threads(threads)
-    names = list(RANK_BASELINES) if methods is None else list(methods)
-    unknown = sorted(set(names) - set(RANK_BASELINES))
-    if unknown:
-        raise ValueError(f"bench: unknown rank-aware method(s) {unknown}; known: {sorted(RANK_BASELINES)}")
-    clock = ("cpu" if threads == 1 else "wall") if clock == "auto" else clock
-    if clock not in CLOCKS:
-        raise ValueError(f"bench: clock must be 'auto' or one of {sorted(CLOCKS)}, got {clock!r}")
-    env = {**_environment(threads), "clock": clock}
+    names, clock, env = _setup(RANK_BASELINES, methods, threads, clock)
     log(_header(env).replace("covariance -> sqrtm -> triu", "covariance -> sqrtm -> triu, float64 compute"))
     pairs = [(c, a, b) for c, a, b in RANK_RATIOS if a in names and b in names]
     cols = [c for c, _, _ in pairs] + (["MiB dense/auto"] if {"eigpool_auto", "eigpool_dense"} <= set(names) else [])
