@@ -1,6 +1,6 @@
 """Gradient verification for matrix functions, in eigpool or in your own code.
 
-Checkers (``eigpool.validation.gradcheck``), for NumPy, PyTorch and CuPy functions:
+Checkers (``eigpool.validation.checks``), for NumPy, PyTorch and CuPy functions:
 
 - ``check_vjp(fn, *inputs)``: the dot-product test <w, J e> = <pullback(w), e> in random directions, against
   central differences with Richardson extrapolation in float64;
@@ -27,7 +27,8 @@ Example::
     assert check_grads(torch.linalg.matrix_exp, [S], order=2)
 """
 
-from .gradcheck import (
+from ._finite_differences import random_direction
+from ._results import (
     BatchCheck,
     DirectionCheck,
     EntryMismatch,
@@ -36,12 +37,13 @@ from .gradcheck import (
     JVPCheck,
     SymmetryCheck,
     VJPCheck,
+)
+from .checks import (
     check_batch_independence,
     check_grads,
     check_jvp,
     check_symmetric_gradient,
     check_vjp,
-    random_direction,
 )
 from .testing import (
     assert_batch_independent,

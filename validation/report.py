@@ -37,7 +37,7 @@ import numpy as np
 import eigpool
 from eigpool.eigh import kernel_matrix
 
-from .gradcheck import check_grads, check_vjp
+from .checks import check_grads, check_vjp
 from .strategies import spd_matrix
 
 __all__ = ["Config", "METHODS", "run"]

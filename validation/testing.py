@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .gradcheck import (
+from .checks import (
     DEFAULT_RTOL,
     check_batch_independence,
     check_grads,
