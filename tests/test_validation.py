@@ -16,6 +16,7 @@ from eigpool.validation import (
     check_symmetric_gradient,
     check_vjp,
 )
+from eigpool.validation._adapters import ADAPTERS, NumpyAdapter
 from eigpool.validation.strategies import spd_matrix
 from eigpool.validation.testing import (
     assert_batch_independent,
@@ -260,6 +261,54 @@ def test_assert_jvp_and_grads_helpers():
     assert_grads_close(torch.linalg.matrix_exp, [X], order=2)
     with pytest.raises(AssertionError, match="order 2"):
         assert_grads_close(_CubeDetached.apply, [torch.tensor([1.0, 2.0])], order=2, modes=("rev",))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The adapter registry: chosen by the module of the input's type (or a base class), one entry per framework.
+
+class _Boxed:
+    """An array type of a made-up framework: a float64 NumPy array in a box."""
+
+    __module__ = "boxlib.arrays"
+
+    def __init__(self, value):
+        self.value = np.asarray(value, dtype=np.float64)
+
+
+class _BoxedAdapter(NumpyAdapter):
+    name = "boxlib"
+
+    def __init__(self, like, vjp, jvp):
+        def boxed_vjp(fn, *xs):
+            out, pullback = (vjp or eigpool.vjp)(lambda *a: fn(*map(_Boxed, a)).value, *[x.value for x in xs])
+            return _Boxed(out), lambda w: tuple(map(_Boxed, pullback(w.value)))
+
+        super().__init__(like, boxed_vjp, jvp)
+
+    def to_framework(self, a):
+        return _Boxed(a)
+
+    def to_numpy(self, x):
+        return np.asarray(x.value, dtype=np.float64)
+
+
+def test_a_new_framework_is_one_registry_entry(monkeypatch):
+    S = spd_matrix(3, 4, "distinct")
+    monkeypatch.setitem(ADAPTERS, "boxlib", _BoxedAdapter)
+    result = check_vjp(lambda B: _Boxed(eigpool.sqrtm(B.value)), _Boxed(S))
+    assert result.passed and result.framework == "boxlib"
+    assert check_vjp(eigpool.sqrtm, S).error == result.error  # the same figures as the NumPy check
+
+
+def test_adapters_follow_the_type_and_its_base_classes():
+    class MyTensor(torch.Tensor):
+        pass
+
+    X = torch.tensor(spd_matrix(2, 3, "distinct"))
+    assert check_vjp(eigpool.sqrtm, X.as_subclass(MyTensor)).framework == "torch"
+    assert check_vjp(eigpool.sqrtm, torch.nn.Parameter(X)).framework == "torch"
+    assert check_vjp(_square, [[1.0, 2.0]], vjp=_square_vjp()).framework == "numpy"  # a list: NumPy
+    assert set(ADAPTERS) == {"numpy", "torch", "cupy"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
