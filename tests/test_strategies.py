@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -157,3 +162,27 @@ def test_strategy_converts_to_another_namespace():
 @given(spectra(4, "repeated"))
 def test_spectra_strategy(l):
     assert l.shape == (4,) and l[0] == l[1] and l[2] == l[3]
+
+
+# The README's gradient-check example, run after the main-job install (pip install -e ".[all]", no hypothesis).
+README = Path(__file__).resolve().parent.parent / "README.md"
+WITHOUT_HYPOTHESIS = """
+import sys
+sys.modules["hypothesis"] = sys.modules["hypothesis.strategies"] = None  # every import of hypothesis now fails
+exec(compile(sys.argv[1], "README gradient-check example", "exec"), {})
+from eigpool.validation.strategies import spd_matrices
+try:
+    spd_matrices(4)
+except ImportError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_spd_matrix_and_the_readme_example_work_without_hypothesis():
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+                  if "eigpool.validation.strategies import spd_matrix" in b]
+    done = subprocess.run([sys.executable, "-c", WITHOUT_HYPOTHESIS, example], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "refused: eigpool.validation.strategies.spd_matrices needs hypothesis" in done.stdout
+    assert "pip install 'eigpool[test]'" in done.stdout

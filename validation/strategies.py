@@ -26,15 +26,18 @@ Use in your own test suite (hypothesis draws the seed, so failures shrink and re
         Q = eigpool.sqrtm(S)
         assert np.allclose(Q @ Q, S, atol=1e-10 * np.abs(S).max())
 
-``spd_matrix(seed, d, kind, **options)`` returns the same matrices without hypothesis (examples, benchmarks).
+``spd_matrix(seed, d, kind, **options)`` returns the same matrices without hypothesis (examples, benchmarks):
+hypothesis (the ``test`` extra) is imported only when a strategy is built.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from hypothesis import strategies as st
 
 __all__ = ["KINDS", "orthogonal", "spd_matrices", "spd_matrix", "spectra", "spectrum"]
 
@@ -96,9 +99,21 @@ def spd_matrix(seed: int, d: int, kind: str, **options: Any) -> np.ndarray:
     return (s + s.T) / 2
 
 
+def _hypothesis(caller: str) -> Any:
+    """hypothesis.strategies, imported on first use; an ImportError naming the extra if it is not installed."""
+    try:
+        from hypothesis import strategies
+    except ImportError as exc:
+        raise ImportError(f"eigpool.validation.strategies.{caller} needs hypothesis, which is not installed: "
+                          "pip install 'eigpool[test]' (or pip install hypothesis). spd_matrix and spectrum "
+                          "work without it.") from exc
+    return strategies
+
+
 def spectra(d: int | st.SearchStrategy[int], kind: str | st.SearchStrategy[str] = "distinct",
             **options: Any) -> st.SearchStrategy[np.ndarray]:
     """Strategy of designed spectra (d,) ascending float64 (``spectrum`` with a drawn seed)."""
+    st = _hypothesis("spectra")
     ds = d if isinstance(d, st.SearchStrategy) else st.just(d)
     kinds = kind if isinstance(kind, st.SearchStrategy) else st.just(kind)
     return st.builds(lambda seed, dd, kk: spectrum(np.random.default_rng(seed), dd, kk, **options),
@@ -120,6 +135,7 @@ def spd_matrices(d: int | st.SearchStrategy[int], kind: str | st.SearchStrategy[
         def test_batched(S):
             assert eigpool.sqrtm(S).shape == (4, 8, 8)
     """
+    st = _hypothesis("spd_matrices")
     ds = d if isinstance(d, st.SearchStrategy) else st.just(d)
     kinds = kind if isinstance(kind, st.SearchStrategy) else st.just(kind)
     count = int(np.prod(batch)) if batch else 1
