@@ -325,30 +325,3 @@ def test_gram_route_double_backward(triu):
     torch = pytest.importorskip("torch")
     X = torch.tensor(features(19, 6, 4, [2.0, 1.0, 0.5]), requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda X: pooled(X, path="gram", triu=triu), (X,))
-
-
-def test_rank_aware_bench_reports_time_memory_and_ratios(monkeypatch):
-    pytest.importorskip("torch")
-    pytest.importorskip("mpmath")
-    from eigpool.validation import bench
-
-    case = bench.Case(2, 24, 6, "float32")
-    # One real fresh-process measurement; the table itself with a stand-in (each child process imports torch).
-    measured = bench.peak_memory(case, "eigpool_auto")
-    assert measured["peak"] >= measured["before"] > 0
-    sizes = {"eigpool_auto": 100.0, "eigpool_dense": 150.0, "svd_pade": 300.0}
-    monkeypatch.setattr(bench, "peak_memory", lambda case, name, *args: {"before": 50.0, "peak": sizes[name]})
-    lines = []
-    (result,) = bench.run_rank_aware([case], repeats=1, log=lines.append)["results"]
-    assert set(result["seconds"]) == set(bench.RANK_BASELINES) == set(result["peak_mib"])
-    assert result["ratios"]["MiB dense/auto"] == 1.5
-    assert set(result["ratios"]) == {"pade/auto", "dense/auto", "MiB dense/auto"}
-    assert len(lines) == 3 and "B=2 d=24 N=6 float32" in lines[-1]
-    # A subset of methods gives the ratios it can; the command line picks cases and methods.
-    (result,) = bench.run_rank_aware([case], ["eigpool_auto", "eigpool_dense"], repeats=1, log=lines.append)["results"]
-    assert set(result["ratios"]) == {"dense/auto", "MiB dense/auto"}
-    args = bench._parse(["--rank-aware", "--dim", "256", "--positions", "49", "196", "--methods", "eigpool_auto"])
-    assert bench._cases(args, bench.RANK_CASES) == [bench.Case(4, 256, 49, "float32"), bench.Case(4, 256, 196,
-                                                                                                  "float32")]
-    with pytest.raises(SystemExit):
-        bench._parse(["--methods", "eigpool_auto"])  # a method of the rank-aware table only

@@ -1,8 +1,6 @@
-"""torch.nn layers (CovariancePooling, MatrixFunction, GCPHead) and the benchmark command's quick mode."""
+"""torch.nn layers (CovariancePooling, MatrixFunction, GCPHead)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from conftest import spd
 
 import eigpool
 from eigpool.backends.torch import CovariancePooling, GCPHead, MatrixFunction
-from eigpool.validation import bench
 
 F64 = torch.float64
 
@@ -190,49 +187,3 @@ def test_bad_input_shape_names_the_layer():
         GCPHead(8, reduction=None)(torch.rand(2, 7, 3, 3))
     with pytest.raises(ValueError, match="CovariancePooling"):
         CovariancePooling()(torch.rand(7, 3))
-
-
-def test_bench_baselines_compute_the_same_layer():
-    # Every exact method (plain eigh, SVD-Pade, the floor) gives eigpool's vector and gradient on a spectrum with
-    # distinct eigenvalues; the two Newton-Schulz layers agree with each other.
-    case = bench.Case(2, 5, 40, "float64")
-    X = torch.randn(2, 5, 40, dtype=F64)
-    w = torch.randn(2, 15, dtype=F64)
-    results = {}
-    for name, build in bench.BASELINES.items():
-        x = X.clone().requires_grad_(True)
-        y = build(case)(x)
-        y.backward(w)
-        results[name] = (y.detach(), x.grad)
-    for group in (("eigpool_exact", "torch_eigh", "svd_pade", "floor"), ("eigpool_ns", "torch_ns")):
-        for name in group[1:]:
-            for a, b in zip(results[name], results[group[0]], strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-
-
-def test_bench_pade_coefficients_reproduce_the_geometric_series():
-    # METHODS.md: the [50/50] approximant equals 1/(1-x) to ~5e-12 on [0, 0.999] and has Q(1) = 0.
-    p, q = bench._pade_coefficients()
-    x = np.linspace(0, 0.999, 50)
-    P, Q = np.polyval(p[::-1], x), np.polyval(q[::-1], x)
-    np.testing.assert_allclose(P / Q, 1 / (1 - x), rtol=1e-10)
-    assert abs(sum(q)) < 1e-15
-
-
-def test_bench_quick_mode_runs_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    threads = torch.get_num_threads()
-    try:
-        status = bench.main(["--quick", "--batch", "2", "--dim", "4", "--positions", "9", "--dtype", "float64",
-                             "--repeats", "1", "--warmup", "0", "--min-seconds", "0", "--json", str(out),
-                             "--markdown"])
-    finally:
-        torch.set_num_threads(threads)
-    assert status == 0
-    report = json.loads(out.read_text())
-    assert report["environment"]["threads"] == 1 and "torch" in report["environment"]["versions"]
-    (row,) = report["results"]
-    assert row["case"] == {"batch": 2, "dim": 4, "positions": 9, "dtype": "float64"}
-    assert set(row["seconds"]) == set(bench.BASELINES)
-    assert set(row["ratios"]) == {col for col, _, _ in bench.RATIOS}
-    assert "| B=2 d=4 N=9 float64 |" in capsys.readouterr().out
