@@ -49,6 +49,7 @@ class EntryMismatch:
 
     @property
     def difference(self) -> float:
+        """|fd - analytic|."""
         return abs(self.fd - self.analytic)
 
 
@@ -76,6 +77,7 @@ class GradCheck:
 
     @property
     def passed(self) -> bool:
+        """The worst relative error is finite and at most rtol."""
         return bool(np.isfinite(self.error) and self.error <= self.rtol)
 
     def __bool__(self) -> bool:
@@ -124,10 +126,12 @@ class GradsCheck:
 
     @property
     def passed(self) -> bool:
+        """Every check passed."""
         return all(c.passed for _, _, c in self.checks)
 
     @property
     def error(self) -> float:
+        """The worst relative error over the checks."""
         return max(c.error for _, _, c in self.checks)
 
     def __bool__(self) -> bool:
@@ -151,6 +155,7 @@ class BatchCheck:
 
     @property
     def passed(self) -> bool:
+        """Outputs, gradients and cross-talk are all within rtol."""
         return max(self.output_difference, self.gradient_difference, self.cross_talk) <= self.rtol
 
     def __bool__(self) -> bool:
@@ -172,10 +177,12 @@ class SymmetryCheck:
 
     @property
     def error(self) -> float:
+        """The largest asymmetry over the checked inputs (0 if none was checked)."""
         return max(self.asymmetry.values(), default=0.0)
 
     @property
     def passed(self) -> bool:
+        """The largest asymmetry is at most rtol."""
         return self.error <= self.rtol
 
     def __bool__(self) -> bool:
