@@ -1,4 +1,4 @@
-"""Small array-API helpers that every module needs: device-aware constants and diagonal embedding."""
+"""Small array-API helpers that every module needs: device-aware constants, diagonals and empty-safe reductions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from array_api_compat import device
 
-__all__ = ["arange_like", "diag_embed", "diagonal", "eye_like", "sym"]
+__all__ = ["arange_like", "diag_embed", "diagonal", "eye_like", "max_abs", "sym"]
 
 
 def eye_like(xp: Any, x: Any, d: int | None = None) -> Any:
@@ -31,4 +31,12 @@ def diagonal(xp: Any, A: Any) -> Any:
 
 def sym(xp: Any, A: Any) -> Any:
     """(A + A^T) / 2 over the last two axes."""
-    return (A + xp.matrix_transpose(A)) / 2
+    return (A + A.mT) / 2
+
+
+def max_abs(xp: Any, l: Any) -> Any:
+    """max |l| over the last axis, shape (..., 1); 0 for an empty last axis (the spectrum of a 0 x 0 matrix), where
+    the array API's max has no value. The branch is on the shape, never on values: trace-safe."""
+    if l.shape[-1] == 0:
+        return xp.zeros((*l.shape[:-1], 1), dtype=l.dtype, device=device(l))
+    return xp.max(xp.abs(l), axis=-1, keepdims=True)

@@ -166,7 +166,7 @@ BAD_CONFIGURATIONS = [
     (MatrixFunction, dict(method="newton_schulz", grad="taylor"), "newton_schulz"),
     (MatrixFunction, dict(fn="log", truncate=2), "undefined"),
     (MatrixFunction, dict(fn="invsqrt", seb=True), "seb=True"),
-    (MatrixFunction, dict(grad="exact", kernel_options={"degree": 3}), "kernel_options"),
+    (MatrixFunction, dict(grad="exact", kernel_options={"degree": 3}), "unexpected option"),
     (MatrixFunction, dict(grad="taylor", kernel_options={"order": 3}), "unexpected option"),
     (MatrixFunction, dict(compute_dtype="float16"), "compute_dtype"),
     (GCPHead, dict(in_channels=0), "in_channels must be"),
