@@ -17,7 +17,7 @@ Every function here is elementwise on arrays of the namespace ``xp`` and trace-s
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 __all__ = ["SPECTRAL_FUNCTIONS", "SpectralFunction", "power", "user_function"]
@@ -126,17 +126,20 @@ def power(p: float) -> SpectralFunction:
                             _dd2_from(dd, higher, 0.0))
 
 
-@cache
+@lru_cache(maxsize=256)
 def user_function(f: Callable[[Any], Any], df: Callable[[Any], Any], positive: bool) -> SpectralFunction:
     """A user's scalar function f with derivative df (both map arrays of eigenvalues to arrays). One object per
-    (f, df, positive), cached, so that a layer or a compiled function sees the same specification on every call."""
+    (f, df, positive), cached, so that a layer or a compiled function sees the same specification on every call.
+
+    Its divided difference is the quotient (f(a) - f(b)) / (a - b), whose round-off is about eps |f| / |a - b|, except
+    for pairs closer than eps^(1/3) max(|a|, |b|), where it is the mean slope (f'(a) + f'(b)) / 2, whose error is
+    |f'''(c)| |a - b|^2 / 12 (the trapezoidal rule): both stay near eps^(2/3) (4e-11 in float64) for smooth f.
+    """
 
     def dd(xp: Any, a: Any, b: Any) -> Any:
-        # Generic divided difference: subject to cancellation when a and b are close; tied pairs use the mean slope.
         gap = a - b
-        scale = xp.max(xp.abs(xp.maximum(a, b)), axis=(-2, -1), keepdims=True)
-        tied = xp.abs(gap) <= a.shape[-2] * float(xp.finfo(gap.dtype).eps) * scale
-        return xp.where(tied, (df(a) + df(b)) / 2, (f(a) - f(b)) / xp.where(tied, xp.ones_like(gap), gap))
+        near = xp.abs(gap) <= float(xp.finfo(gap.dtype).eps) ** (1 / 3) * xp.maximum(xp.abs(a), xp.abs(b))
+        return xp.where(near, (df(a) + df(b)) / 2, (f(a) - f(b)) / xp.where(near, 1.0, gap))
 
     name = getattr(f, "__name__", "f")
     return SpectralFunction(name, lambda xp, l: f(l), lambda xp, l: df(l), dd, positive)

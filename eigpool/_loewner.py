@@ -69,10 +69,14 @@ class Spectrum(NamedTuple):
 
 
 def _floored_dd(xp: Any, dd: Any, li: Any, lj: Any, mi: Any, mj: Any, ai: Any, aj: Any) -> Any:
-    """g[l_i, l_j] from f's divided difference ``dd`` = f[m_i, m_j] and the masks a = (l >= tau): f[m_i, m_j] above
-    the floor, 0 below it, f[m_i, m_j] (m_i - m_j) / (l_i - l_j) across it (l_i != l_j there)."""
-    across = dd * ((mi - mj) / xp.where(ai == aj, xp.ones_like(li - lj), li - lj))
-    return xp.where(ai & aj, dd, xp.where(ai | aj, across, xp.zeros_like(dd)))
+    """g[l_i, l_j] from f's divided difference ``dd`` = f[m_i, m_j] and the masks a = (l >= tau): dd times the
+    ratio (m_i - m_j) / (l_i - l_j), which is 1 above the floor, 0 below it and in (0, 1) across it (where
+    l_i != l_j); at l_i == l_j it is 1 above the floor and 0 below. Pairs below the floor are set to 0 explicitly:
+    dd = f'(tau) may overflow there (tau = the smallest normal number for a zero spectrum, f = x^(-1/2))."""
+    gap = li - lj
+    tied = gap == 0
+    ratio = xp.where(tied, xp.astype(ai, dd.dtype), (mi - mj) / xp.where(tied, 1.0, gap))
+    return xp.where(ai | aj, dd * ratio, 0.0)
 
 
 def loewner(xp: Any, spec: Any, s: Spectrum) -> Any:
@@ -89,22 +93,20 @@ def loewner(xp: Any, spec: Any, s: Spectrum) -> Any:
         # Truncation: the jump g(l_i) / (l_i - l_j) between a kept and a dropped eigenvalue (0 at a tie).
         gap = li - lj
         tied = xp.abs(gap) <= tie_tolerance(xp, s.l)
-        across = xp.where(tied, xp.zeros_like(gap), (s.g[..., :, None] - s.g[..., None, :])
-                          / xp.where(tied, xp.ones_like(gap), gap))
+        across = xp.where(tied, 0.0, (s.g[..., :, None] - s.g[..., None, :]) / xp.where(tied, 1.0, gap))
         ki, kj = s.keep[..., :, None], s.keep[..., None, :]
-        return xp.where(ki & kj, L, xp.where(ki | kj, across, xp.zeros_like(L)))
+        return xp.where(ki & kj, L, xp.where(ki | kj, across, 0.0))
     # sym(K^T o (2 Gh diag(g))) = (K_ij g_i + K_ji g_j) o Gh.
     K = spec.kernel.matrix(xp, s.m)
     L = K * s.g[..., :, None] + K.mT * s.g[..., None, :]
     slope = fn.df(xp, s.m)
-    zero = xp.zeros_like(slope)
     if s.above is not None:
         # Below the floor g is constant, so F does not change under rotations inside that eigenspace: those pairs
         # contribute 0 for every kernel (power iteration's non-antisymmetric kernel would give g(tau) / tau there).
-        L = xp.where(s.above[..., :, None] | s.above[..., None, :], L, xp.zeros_like(L))
-        slope = xp.where(s.above, slope, zero)
+        L = xp.where(s.above[..., :, None] | s.above[..., None, :], L, 0.0)
+        slope = xp.where(s.above, slope, 0.0)
     if s.keep is not None:
-        slope = xp.where(s.keep, slope, zero)
+        slope = xp.where(s.keep, slope, 0.0)
     # The diagonal is g'(l_i) in every case (the kernels only approximate the off-diagonal terms).
     return L - diag_embed(xp, diagonal(xp, L)) + diag_embed(xp, slope)
 
@@ -126,7 +128,7 @@ def _second_differences(xp: Any, spec: Any, s: Spectrum) -> Any:
         return _floored_dd(xp, fn.dd(xp, mu, mv), u, v, mu, mv, u >= tau, v >= tau)
 
     spread = z - x
-    mixed = (first(y, z) - first(x, y)) / xp.where(spread > 0, spread, xp.ones_like(spread))
+    mixed = (first(y, z) - first(x, y)) / xp.where(spread > 0, spread, 1.0)
     return xp.where(every, f3, mixed)
 
 

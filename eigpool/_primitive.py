@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, is_array_api_obj
 
+from ._xp import cast
+
 __all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "register_backend", "run_vjp", "vjp"]
 
 
@@ -105,10 +107,6 @@ def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
     return dtype
 
 
-def _cast(xp: Any, x: Any, dtype: Any) -> Any:
-    return x if x is None or x.dtype == dtype else xp.astype(x, dtype)
-
-
 def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
     """Apply primitive ``p`` with the specification ``spec`` to ``inputs``; returns the tuple of outputs, the
     differentiable ones in the first input's dtype.
@@ -124,9 +122,9 @@ def _eager_bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Any, ...]:
     xp = array_namespace(*[x for x in inputs if x is not None])
     dtype = inputs[0].dtype
     cdtype = compute_dtype_of(xp, dtype, spec.compute_dtype)
-    outputs, residuals = p.forward(xp, *[_cast(xp, x, cdtype) for x in inputs], spec=spec)
+    outputs, residuals = p.forward(xp, *[cast(xp, x, cdtype) for x in inputs], spec=spec)
     n = p.n_outputs
-    outputs = (*[_cast(xp, y, dtype) for y in outputs[:n]], *outputs[n:])
+    outputs = (*[cast(xp, y, dtype) for y in outputs[:n]], *outputs[n:])
     if _TAPES:
         _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtype))
     return outputs
@@ -139,9 +137,9 @@ def run_vjp(xp: Any, p: Primitive, residuals: Any, cotangents: tuple, spec: Any,
             input_dtypes: tuple) -> tuple[Any, ...]:
     """Run ``p.vjp`` in the compute dtype and cast each input cotangent back to its input's dtype."""
     if p.cast_cotangents:
-        cotangents = tuple(_cast(xp, c, cdtype) for c in cotangents)
+        cotangents = tuple(cast(xp, c, cdtype) for c in cotangents)
     cts = p.vjp(xp, residuals, *cotangents, spec=spec)
-    return tuple(_cast(xp, c, d) for c, d in zip(cts, input_dtypes, strict=True))
+    return tuple(cast(xp, c, d) for c, d in zip(cts, input_dtypes, strict=True))
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any
 
 from array_api_compat import device
 
-__all__ = ["arange_like", "diag_embed", "diagonal", "eye_like", "max_abs", "sym"]
+__all__ = ["arange_like", "cast", "diag_embed", "diagonal", "eye_like", "max_abs", "span", "sym"]
 
 
 def eye_like(xp: Any, x: Any, d: int | None = None) -> Any:
@@ -40,3 +40,19 @@ def max_abs(xp: Any, l: Any) -> Any:
     if l.shape[-1] == 0:
         return xp.zeros((*l.shape[:-1], 1), dtype=l.dtype, device=device(l))
     return xp.max(xp.abs(l), axis=-1, keepdims=True)
+
+
+def cast(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` in ``dtype``: ``x`` itself if it has that dtype already (no copy, no alias op) or is None, else a cast
+    copy."""
+    return x if x is None or x.dtype == dtype else xp.astype(x, dtype)
+
+
+def span(x: Any, start: int, stop: int | None, axis: int) -> Any:
+    """``x[start:stop]`` along ``axis`` (a negative axis), or ``x`` itself when that is all of it: a full slice is an
+    alias op, which PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) cannot batch."""
+    n = x.shape[axis]
+    stop = n if stop is None else stop
+    if (start, stop) == (0, n):
+        return x
+    return x[(..., slice(start, stop)) + (slice(None),) * (-1 - axis)]

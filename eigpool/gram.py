@@ -56,7 +56,7 @@ from ._divided import SpectralFunction
 from ._loewner import Spectrum, loewner
 from ._primitive import Primitive, bind, compute_dtype_of
 from ._spec import GRADS, ComputeSpec, GramSpec, NewtonSchulzSpec, SpectralSpec, resolve_spectral
-from ._xp import arange_like, diagonal, eye_like, max_abs
+from ._xp import arange_like, cast, diagonal, eye_like, max_abs, span
 from .covariance import check_features, covariance_p
 from .newton_schulz import newton_schulz_p
 from .spectral import seb_gain_slope, spectral_p
@@ -133,10 +133,10 @@ def _dense(X: Any, spec: SpectralSpec | NewtonSchulzSpec, triu: bool) -> Any:
     (a cast of S between the steps would round it to X's dtype, which changes the small eigenvalues)."""
     xp = array_namespace(X)
     own = ComputeSpec(None)
-    S = bind(covariance_p, xp.astype(X, compute_dtype_of(xp, X.dtype, spec.compute_dtype), copy=False), spec=own)[0]
+    S = bind(covariance_p, cast(xp, X, compute_dtype_of(xp, X.dtype, spec.compute_dtype)), spec=own)[0]
     F = bind(spectral_p if isinstance(spec, SpectralSpec) else newton_schulz_p, S, spec=spec)[0]
     out = bind(triu_vec_p, F, spec=own)[0] if triu else F
-    return xp.astype(out, X.dtype, copy=False)
+    return cast(xp, out, X.dtype)
 
 
 def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str:
@@ -204,8 +204,7 @@ def _gram_forward(xp: Any, X: Any, *, spec: GramSpec) -> tuple[tuple, _GramResid
     if spec.triu:
         out = _triu_of_sum(xp, Yw, Y, diag, spec.out_dtype)
     else:
-        out = xp.astype(Yw @ Y.mT + diag[..., None] * eye_like(xp, Y, d), spec.out_dtype,
-                        copy=False)
+        out = cast(xp, Yw @ Y.mT + diag[..., None] * eye_like(xp, Y, d), spec.out_dtype)
     # The mask is kept even without truncation: when N > d the Gram matrix's N - d extra zero eigenvalues are not
     # eigenvalues of S (floor_kept is False for them), and g = 0 there.
     spectrum = Spectrum(mu, V, m, g, above, keep, tau, rho)
@@ -228,8 +227,8 @@ def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
     whole-vector cast would cost a fresh copy."""
     pieces: list[Any] = []
     for a, b in _row_blocks(A.shape[-2]):
-        P = xp.astype(A[..., a:b, :] @ B[..., a:, :].mT, dtype, copy=False)
-        pieces += pack_rows(xp, P, xp.astype(diagonal(xp, P[..., :, : b - a]) + c, dtype, copy=False))
+        P = cast(xp, span(A, a, b, -2) @ span(B, a, None, -2).mT, dtype)
+        pieces += pack_rows(xp, P, cast(xp, diagonal(xp, span(P, 0, b - a, -1)) + c, dtype))
     return concat_pieces(xp, pieces, A, dtype)
 
 
@@ -242,8 +241,8 @@ def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
     d = Y.shape[-2]
     rows, below = [], None
     for a, b in _row_blocks(d):
-        Q = unpack_rows(xp, v, d, a, b, Y.dtype, add_diagonal=c[..., a:b])
-        row = Q @ Y[..., a:, :]
+        Q = unpack_rows(xp, v, d, a, b, Y.dtype, add_diagonal=span(c, a, b, -1))
+        row = Q @ span(Y, a, None, -2)
         rows.append(row if below is None else row + below[..., : b - a, :])
         if b < d:
             # Contributions to rows b.. from this block's columns; rows of the earlier blocks are done.
@@ -265,7 +264,7 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, spec: GramSpec) -> tuple:
         T = _symmetric_times(xp, G, g_diag, Y)
     else:
         # G Y + G^T Y: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
-        G = xp.astype(G, Y.dtype, copy=False)
+        G = cast(xp, G, Y.dtype)
         g_diag = diagonal(xp, G)
         T = G @ Y + G.mT @ Y
     W2 = Y.mT @ T

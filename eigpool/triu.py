@@ -16,6 +16,7 @@ from array_api_compat import device
 from ._checks import check_array, check_matrix, checked
 from ._primitive import Primitive, bind
 from ._spec import ComputeSpec
+from ._xp import cast, span
 
 __all__ = ["pack_rows", "row_offset", "triu_unvec", "triu_unvec_p", "triu_vec", "triu_vec_p", "unpack_rows"]
 
@@ -79,12 +80,12 @@ def unpack_rows(xp: Any, v: Any, d: int, a: int, b: int, dtype: Any, symmetric: 
     if r == 0:
         return xp.zeros((*batch, 0, m), dtype=dtype, device=device(v))
     start = row_offset(d, a)
-    segment = xp.astype(v[..., start:row_offset(d, b)], dtype, copy=False)
+    segment = cast(xp, span(v, start, row_offset(d, b), -1), dtype)
     # Row k of the block is k zeros, then its segment slice; the slice's first entry is the diagonal.
     offsets = [row_offset(d, a + k) - start for k in range(r + 1)]
     zeros = xp.zeros((*batch, r), dtype=dtype, device=device(v))
     if add_diagonal is None:
-        pieces = [p for k in range(r) for p in (zeros[..., :k], segment[..., offsets[k]:offsets[k + 1]])]
+        pieces = [p for k in range(r) for p in (zeros[..., :k], span(segment, offsets[k], offsets[k + 1], -1))]
     else:
         k_ = xp.arange(r, device=device(v))
         diag = xp.take(segment, k_ * (2 * m + 1 - k_) // 2, axis=-1) + add_diagonal
@@ -94,7 +95,7 @@ def unpack_rows(xp: Any, v: Any, d: int, a: int, b: int, dtype: Any, symmetric: 
     if not symmetric:
         return Q
     j = xp.arange(r, device=device(v))
-    square = Q[..., :, :r]
+    square = span(Q, 0, r, -1)
     mirrored = xp.where(j[:, None] <= j[None, :], square, square.mT)
     return mirrored if r == m else xp.concat([mirrored, Q[..., :, r:]], axis=-1)
 

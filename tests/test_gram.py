@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import eigpool
 import eigpool.gram
-from eigpool.gram import pooled, resolve_path
 from eigpool._divided import SPECTRAL_FUNCTIONS, SpectralFunction
+from eigpool.gram import pooled, resolve_path
 from eigpool.validation import check_vjp
 
 CBRT = SpectralFunction("cbrt", lambda xp, l: l ** (1 / 3), lambda xp, l: l ** (-2 / 3) / 3,

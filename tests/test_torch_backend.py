@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg as sl
 import torch
 from conftest import spd
+from ops import SPECTRA
 
 import eigpool
 from eigpool import Primitive, bind
@@ -23,49 +24,6 @@ def sym(A: torch.Tensor) -> torch.Tensor:
 
 def tensor(a, **kw) -> torch.Tensor:
     return torch.tensor(np.asarray(a), dtype=F64, **kw)
-
-
-SPECTRA = {
-    "distinct": [0.5, 0.9, 1.7, 3.1],
-    "repeated": [0.8, 0.8, 2.5, 2.5],
-    "triple": [0.6, 1.5, 1.5, 1.5],
-    "scalar": [1.3, 1.3, 1.3, 1.3],
-    "near_ties": [1.0, 1.0 + 1e-7, 2.0, 2.0 + 1e-10],
-}
-
-# Every exact primitive, as a function of one symmetric-input tensor (wrapped in sym: eigpool rejects non-symmetric S).
-EXACT = {
-    "sqrtm": eigpool.sqrtm,
-    "invsqrtm": eigpool.invsqrtm,
-    "logm": eigpool.logm,
-    "powm(0.3)": lambda S: eigpool.powm(S, 0.3),
-    "powm(-1.5)": lambda S: eigpool.powm(S, -1.5),
-    "expm_neg": eigpool.expm_neg,
-    "seb": eigpool.seb,
-    "spectral(x^3)": lambda S: eigpool.spectral(S, lambda l: l**3, lambda l: 3 * l**2),
-    "truncate(1)": lambda S: eigpool.truncate(S, 1),
-    "sqrtm(truncate=1)": lambda S: eigpool.sqrtm(S, truncate=1),
-    # A symmetric function of the eigenvalues (single eigenvalues have a kink where they cross): tr exp(-S).
-    "eigh(eigenvalues)": lambda S: torch.exp(-eigpool.eigh(S).eigenvalues).sum(-1),
-    "ns_sqrtm": eigpool.ns_sqrtm,
-    "ns_invsqrtm": eigpool.ns_invsqrtm,
-    "triu_vec": eigpool.triu_vec,
-}
-SPECTRAL = ["sqrtm", "invsqrtm", "logm", "powm(0.3)", "powm(-1.5)", "expm_neg", "seb", "spectral(x^3)"]
-SECOND_ORDER_AT_TIES = ["sqrtm", "invsqrtm", "logm", "powm(0.3)", "powm(-1.5)", "expm_neg"]
-
-
-# Truncating one eigenvalue of a tied pair is not differentiable (the cut jumps), and across a near tie the derivative
-# g(l_2) / (l_2 - l_1) is too steep for finite differences: those pairs are left out.
-GRADCHECK_CASES = [(name, spectrum) for name in EXACT for spectrum in SPECTRA
-                   if not ("truncate" in name and SPECTRA[spectrum][1] - SPECTRA[spectrum][0] < 1e-3)]
-
-
-@pytest.mark.parametrize(("name", "spectrum"), GRADCHECK_CASES)
-def test_gradcheck_every_exact_primitive(name, spectrum):
-    # Reverse and forward mode ([Note: torch forward mode]: the JVP is the VJP rule transposed), at ties too.
-    S = tensor(spd(3, SPECTRA[spectrum]), requires_grad=True)
-    assert torch.autograd.gradcheck(lambda A: EXACT[name](sym(A)), (S,), check_forward_ad=True)
 
 
 def test_forward_mode_is_the_exact_derivative_at_a_fourfold_eigenvalue():
@@ -143,12 +101,6 @@ def test_gradcheck_covariance_and_triu_unvec():
     assert torch.autograd.gradcheck(eigpool.triu_unvec, (v,))
 
 
-@pytest.mark.parametrize("name", SPECTRAL)
-def test_gradgradcheck_spectral_functions_at_distinct_eigenvalues(name):
-    S = tensor(spd(5, SPECTRA["distinct"]), requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda A: EXACT[name](sym(A)), (S,))
-
-
 # Primitives without a second-order rule: double backward by recomputing the forward with torch autograd.
 RECOMPUTED = {
     "sqrtm(grad=taylor)": lambda S: eigpool.sqrtm(S, grad="taylor", degree=20),
@@ -164,14 +116,6 @@ RECOMPUTED = {
 def test_gradgradcheck_through_the_generic_recomputation(name):
     S = tensor(spd(5, SPECTRA["distinct"]), requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda A: RECOMPUTED[name](sym(A)), (S,))
-
-
-@pytest.mark.parametrize("spectrum", ["repeated", "triple", "scalar", "near_ties"])
-@pytest.mark.parametrize("name", SECOND_ORDER_AT_TIES)
-def test_gradgradcheck_at_exactly_repeated_eigenvalues(name, spectrum):
-    # Second divided differences ([Note: spectral second order]): finite and exact where eigh's own derivative is not.
-    S = tensor(spd(6, SPECTRA[spectrum]), requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda A: EXACT[name](sym(A)), (S,))
 
 
 def _mp_dd2(f, a, b, c):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat.torch as xp_torch
+import array_api_compat.torch as compat_torch
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
@@ -42,7 +42,36 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from eigpool._primitive import Backend, Primitive, compute_dtype_of, register_backend, run_vjp
 
-__all__ = ["bind", "concrete"]
+__all__ = ["bind", "concrete", "xp_torch"]
+
+
+class _Linalg:
+    """array_api_compat.torch.linalg, with ``diagonal`` as ``torch.diagonal``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(compat_torch.linalg, name)
+
+    @staticmethod
+    def diagonal(x: Tensor, /, *, offset: int = 0) -> Tensor:
+        return torch.diagonal(x, offset, -2, -1)
+
+
+class _Namespace:
+    """The array API namespace the rules run in: array_api_compat's torch namespace, with the two functions whose
+    aten operators have no batching rule in PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) bound to
+    the equivalent ones that have: ``concat`` (aten::concat -> torch.cat) and ``linalg.diagonal``."""
+
+    linalg = _Linalg()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(compat_torch, name)
+
+    @staticmethod
+    def concat(arrays: Any, /, *, axis: int | None = 0) -> Tensor:
+        return torch.cat(list(arrays), dim=axis) if axis is not None else torch.cat([a.reshape(-1) for a in arrays])
+
+
+xp_torch = _Namespace()
 
 
 def _cast(x: Any, dtype: torch.dtype) -> Any:
@@ -168,6 +197,8 @@ class _Apply(torch.autograd.Function):
         n = p.n_outputs + p.aux_outputs
         outputs, residuals, tree = output[:n], output[n:-1], output[-1].value
         ctx.mark_non_differentiable(*outputs[p.n_outputs:], *residuals)
+        # No zero-filled gradients for the auxiliary outputs and residuals (each as large as they are).
+        ctx.set_materialize_grads(False)
         ctx.p, ctx.spec, ctx.cdtype, ctx.tree = p, spec, cdtype, tree
         ctx.tensor_at = [i for i, x in enumerate(xs) if isinstance(x, Tensor)]
         ctx.n_inputs, ctx.n_residuals = len(xs), len(residuals)
@@ -181,7 +212,8 @@ class _Apply(torch.autograd.Function):
     def backward(ctx: Any, *grads: Any) -> tuple:
         p = ctx.p
         inputs, residuals = _saved(ctx)
-        cotangents = grads[:p.n_outputs]
+        cotangents = tuple(torch.zeros(shape, dtype=dtype, device=ctx.saved_tensors[0].device) if g is None else g
+                           for g, (shape, dtype) in zip(grads[:p.n_outputs], ctx.output_meta, strict=True))
         wanted = [i in p.differentiable and ctx.needs_input_grad[3 + i] for i in range(ctx.n_inputs)]
         if torch.is_grad_enabled():
             # [Note: torch double backward]: the VJP as a differentiable function of inputs and cotangents.
