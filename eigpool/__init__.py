@@ -6,6 +6,7 @@ and ``torch.func`` for tensors (``eigpool.backends.torch``). Options are resolve
 (``spectral_spec``; applied with ``matrix_function``); value checks follow ``value_checks``.
 """
 
+from . import _primitive
 from ._checks import value_checks
 from ._divided import SpectralFunction
 from ._kernels import KERNELS
@@ -29,3 +30,5 @@ __all__ = [
 #: The functions on arrays, which every backend offers under the same names (the backends read this table).
 ARRAY_FUNCTIONS = ("covariance", "eigh", "expm_neg", "invsqrtm", "logm", "matrix_function", "ns_invsqrtm", "ns_sqrtm",
                    "pooled", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate")
+
+_primitive.load_backends_of_imported_frameworks()

@@ -24,9 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from array_api_compat import array_namespace, is_array_api_obj
-
-from ._primitive import backend_of
+from ._primitive import backend_of, namespace_of
 from ._xp import max_abs
 
 __all__ = ["check_array", "check_matrix", "check_truncate", "checked", "relative_eps", "value_checks"]
@@ -53,9 +51,9 @@ def value_checks(enabled: bool) -> Iterator[None]:
 
 def check_array(x: Any, op: str, name: str, min_ndim: int) -> Any:
     """Check that ``x`` is a real floating array of rank >= ``min_ndim``; return its namespace (structural only)."""
-    if not is_array_api_obj(x):
+    xp = namespace_of(x)
+    if xp is None:
         raise TypeError(f"{op}: argument '{name}' must be an array, got {type(x).__name__}")
-    xp = array_namespace(x)
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{op}: argument '{name}' must have a real floating dtype, got {x.dtype}")
     if x.ndim < min_ndim:
@@ -113,7 +111,7 @@ def _passes(x: Any, symmetric: bool, l: Any, positive_trace: bool) -> bool:
 
     Matrices are read twice: finiteness first (from their max and min, through which NaN propagates), so that the
     symmetry test never subtracts infinities (which NumPy would report with a warning before the error)."""
-    xp = array_namespace(x)
+    xp = namespace_of(x)
     if not symmetric:
         return bool(xp.isfinite(xp.sum(x)))
     high, low = xp.max(x, axis=(-2, -1)), xp.min(x, axis=(-2, -1))
@@ -130,7 +128,7 @@ def _passes(x: Any, symmetric: bool, l: Any, positive_trace: bool) -> bool:
 
 def _diagnose(op: str, name: str, x: Any, symmetric: bool, l: Any, positive_trace: bool) -> None:
     """Raise the ValueError for the first problem of ``x``; return if there is none."""
-    xp = array_namespace(x)
+    xp = namespace_of(x)
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{op}: argument '{name}' contains NaN or inf")
     if not symmetric:

@@ -35,7 +35,8 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from ._xp import cast
 
-__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "register_backend", "run_vjp", "vjp"]
+__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "namespace_of", "register_backend",
+           "run_vjp", "vjp"]
 
 
 @dataclass(frozen=True)
@@ -73,28 +74,61 @@ class Backend(NamedTuple):
 
 _BACKENDS: dict[str, Backend] = {}
 _BY_TYPE: dict[type, Backend] = {}
+_NAMESPACES: dict[type, Any] = {}
 
 
 def register_backend(name: str, backend: Backend) -> None:
-    """Register the binder of the framework whose array namespace is named ``name`` (e.g. "torch")."""
+    """Register the binder of the framework named ``name``: the top-level module of its array type or the name of
+    its array API namespace (e.g. "torch")."""
     _BACKENDS[name] = backend
     _BY_TYPE.clear()
 
 
-def _namespace_name(x: Any) -> str:
-    return array_namespace(x).__name__.removeprefix("array_api_compat.").split(".")[0]
+def namespace_of(x: Any) -> Any:
+    """The array API namespace of ``x`` (array_api_compat's), or None if ``x`` is not an array; cached by type, so
+    that a traced call (torch.compile) reads a dictionary instead of tracing array_api_compat's type tests."""
+    kind = type(x)
+    if kind not in _NAMESPACES:
+        _NAMESPACES[kind] = array_namespace(x) if is_array_api_obj(x) else None
+    return _NAMESPACES[kind]
 
 
 def backend_of(x: Any) -> Backend:
-    """The backend for arrays of ``x``'s type: registered, or registered by importing ``eigpool.backends.<name>``
-    where that module exists, or the eager binder."""
+    """The backend for arrays of ``x``'s type: the one registered under the top-level module of the type or under
+    the name of its namespace, registering it first by importing ``eigpool.backends.<name>`` where that module exists;
+    else the eager binder."""
     backend = _BY_TYPE.get(type(x))
     if backend is None:
-        name = _namespace_name(x)
+        backend = _BY_TYPE[type(x)] = _find_backend(x)
+    return backend
+
+
+def _find_backend(x: Any) -> Backend:
+    names = (type(x).__module__.split(".")[0],
+             namespace_of(x).__name__.removeprefix("array_api_compat.").split(".")[0])
+    for name in names:
         if name not in _BACKENDS and importlib.util.find_spec(f"eigpool.backends.{name}") is not None:
             importlib.import_module(f"eigpool.backends.{name}")
-        backend = _BY_TYPE[type(x)] = _BACKENDS.get(name, EAGER)
-    return backend
+        if name in _BACKENDS:
+            return _BACKENDS[name]
+    return EAGER
+
+
+def load_backends_of_imported_frameworks() -> None:
+    """Import ``eigpool.backends.<name>`` for every framework already imported (so that a first call under a tracing
+    compiler finds its binder registered, with nothing to import). A backend that cannot load here (CuPy without a
+    GPU) is left to the first array that needs it, which raises its error."""
+    import pkgutil
+    import sys
+
+    import eigpool.backends
+
+    for module in pkgutil.iter_modules(eigpool.backends.__path__):
+        if module.name in sys.modules and f"eigpool.backends.{module.name}" not in sys.modules:
+            try:
+                importlib.import_module(f"eigpool.backends.{module.name}")
+            except (ImportError, RuntimeError):
+                continue
 
 
 def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
@@ -119,7 +153,7 @@ def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
 
 
 def _eager_bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Any, ...]:
-    xp = array_namespace(*[x for x in inputs if x is not None])
+    xp = namespace_of(inputs[0])
     dtype = inputs[0].dtype
     cdtype = compute_dtype_of(xp, dtype, spec.compute_dtype)
     outputs, residuals = p.forward(xp, *[cast(xp, x, cdtype) for x in inputs], spec=spec)

@@ -49,12 +49,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from array_api_compat import array_namespace
-
 from ._checks import check_truncate, checked
 from ._divided import SpectralFunction
 from ._loewner import Spectrum, loewner
-from ._primitive import Primitive, bind, compute_dtype_of
+from ._primitive import Primitive, bind, compute_dtype_of, namespace_of
 from ._spec import GRADS, ComputeSpec, GramSpec, NewtonSchulzSpec, SpectralSpec, resolve_spectral
 from ._xp import arange_like, cast, diagonal, eye_like, max_abs, span
 from .covariance import check_features, covariance_p
@@ -131,7 +129,7 @@ def pooled_from_spec(X: Any, spec: SpectralSpec | NewtonSchulzSpec, *, path: str
 def _dense(X: Any, spec: SpectralSpec | NewtonSchulzSpec, triu: bool) -> Any:
     """covariance -> F (-> triu_vec) as primitives, all in the compute dtype; the result is cast to X's dtype once
     (a cast of S between the steps would round it to X's dtype, which changes the small eigenvalues)."""
-    xp = array_namespace(X)
+    xp = namespace_of(X)
     own = ComputeSpec(None)
     S = bind(covariance_p, cast(xp, X, compute_dtype_of(xp, X.dtype, spec.compute_dtype)), spec=own)[0]
     F = bind(spectral_p if isinstance(spec, SpectralSpec) else newton_schulz_p, S, spec=spec)[0]

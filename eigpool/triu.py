@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import device
-
 from ._checks import check_array, check_matrix, checked
 from ._primitive import Primitive, bind
 from ._spec import ComputeSpec
-from ._xp import cast, span
+from ._xp import cast, device_of, span
 
 __all__ = ["pack_rows", "row_offset", "triu_unvec", "triu_unvec_p", "triu_vec", "triu_vec_p", "unpack_rows"]
 
@@ -66,7 +64,7 @@ def concat_pieces(xp: Any, pieces: list[Any], like: Any, dtype: Any) -> Any:
     """The concatenation of ``pieces`` along the last axis; an empty (..., 0) array of ``like``'s batch shape if
     there are none (a 0 x 0 matrix)."""
     if not pieces:
-        return xp.zeros((*like.shape[:-2], 0), dtype=dtype, device=device(like))
+        return xp.zeros((*like.shape[:-2], 0), dtype=dtype, device=device_of(like))
     return xp.concat(pieces, axis=-1)
 
 
@@ -78,23 +76,23 @@ def unpack_rows(xp: Any, v: Any, d: int, a: int, b: int, dtype: Any, symmetric: 
     r, m = b - a, d - a
     batch = v.shape[:-1]
     if r == 0:
-        return xp.zeros((*batch, 0, m), dtype=dtype, device=device(v))
+        return xp.zeros((*batch, 0, m), dtype=dtype, device=device_of(v))
     start = row_offset(d, a)
     segment = cast(xp, span(v, start, row_offset(d, b), -1), dtype)
     # Row k of the block is k zeros, then its segment slice; the slice's first entry is the diagonal.
     offsets = [row_offset(d, a + k) - start for k in range(r + 1)]
-    zeros = xp.zeros((*batch, r), dtype=dtype, device=device(v))
+    zeros = xp.zeros((*batch, r), dtype=dtype, device=device_of(v))
     if add_diagonal is None:
         pieces = [p for k in range(r) for p in (zeros[..., :k], span(segment, offsets[k], offsets[k + 1], -1))]
     else:
-        k_ = xp.arange(r, device=device(v))
+        k_ = xp.arange(r, device=device_of(v))
         diag = xp.take(segment, k_ * (2 * m + 1 - k_) // 2, axis=-1) + add_diagonal
         pieces = [p for k in range(r) for p in (zeros[..., :k], diag[..., k:k + 1],
                                                 segment[..., offsets[k] + 1:offsets[k + 1]])]
     Q = xp.reshape(xp.concat(pieces, axis=-1), (*batch, r, m))
     if not symmetric:
         return Q
-    j = xp.arange(r, device=device(v))
+    j = xp.arange(r, device=device_of(v))
     square = span(Q, 0, r, -1)
     mirrored = xp.where(j[:, None] <= j[None, :], square, square.mT)
     return mirrored if r == m else xp.concat([mirrored, Q[..., :, r:]], axis=-1)

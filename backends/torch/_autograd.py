@@ -136,7 +136,9 @@ class _Ref:
 def _flatten(tree: Any, tensors: list[Tensor], inputs: tuple, outputs: tuple) -> Any:
     """The structure of ``tree`` with every tensor replaced by a ``_Ref`` (new tensors are appended to ``tensors``)."""
     if isinstance(tree, Tensor):
-        for kind, known in (("input", inputs), ("output", outputs)):
+        # A tensor appears once: the same tensor twice among a Function's outputs breaks Dynamo's wiring of saved
+        # tensors (Newton-Schulz keeps T_1 as Z_1).
+        for kind, known in (("input", inputs), ("output", outputs), ("residual", tensors)):
             for k, t in enumerate(known):
                 if t is tree:
                     return _Ref(kind, k)
