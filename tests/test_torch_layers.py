@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg as sl
 import torch
-from torch import nn
 from conftest import spd
+from torch import nn
 
 import eigpool
 from eigpool.backends.torch import CovariancePooling, GCPHead, MatrixFunction
