@@ -18,27 +18,12 @@ except ImportError as error:
     raise ImportError("eigpool.backends.cupy needs CuPy: install the build for your CUDA version "
                       "(pip install 'eigpool[cupy]' for CUDA 12)") from error
 
-from eigpool import (
-    covariance,
-    eigh,
-    expm_neg,
-    invsqrtm,
-    logm,
-    ns_invsqrtm,
-    ns_sqrtm,
-    pooled,
-    powm,
-    seb,
-    spectral,
-    sqrtm,
-    triu_unvec,
-    triu_vec,
-    truncate,
-    vjp,
-)
+import eigpool
+from eigpool import vjp
 
-__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb",
-           "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]
+globals().update({name: getattr(eigpool, name) for name in eigpool.ARRAY_FUNCTIONS})
+
+__all__ = [*eigpool.ARRAY_FUNCTIONS, "vjp"]
 
 
 def _require_device() -> None:

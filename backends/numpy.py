@@ -4,24 +4,9 @@ NumPy has no automatic differentiation, so eigpool records its own operations wh
 their VJP rules backwards. Every public function of ``eigpool`` is available here under the same name.
 """
 
-from eigpool import (
-                     covariance,
-                     eigh,
-                     expm_neg,
-                     invsqrtm,
-                     logm,
-                     ns_invsqrtm,
-                     ns_sqrtm,
-                     pooled,
-                     powm,
-                     seb,
-                     spectral,
-                     sqrtm,
-                     triu_unvec,
-                     triu_vec,
-                     truncate,
-                     vjp,
-)
+import eigpool
+from eigpool import vjp
 
-__all__ = ["covariance", "eigh", "expm_neg", "invsqrtm", "logm", "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb",
-           "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate", "vjp"]
+globals().update({name: getattr(eigpool, name) for name in eigpool.ARRAY_FUNCTIONS})
+
+__all__ = [*eigpool.ARRAY_FUNCTIONS, "vjp"]

@@ -1,41 +1,51 @@
-"""Primitives: a forward rule and a VJP rule, and how they are applied to arrays.
+"""Primitives: a forward rule and a VJP rule, and how they are applied to arrays of any framework.
 
 The contract, written once (in the notation of JAX's ``custom_vjp``)::
 
-    forward :: (xp, *inputs, **params) -> (outputs: tuple, residuals)
-    vjp     :: (xp, residuals, *output_cotangents, **params) -> input_cotangents: tuple
+    forward :: (xp, *inputs, spec) -> (outputs: tuple, residuals)
+    vjp     :: (xp, residuals, *output_cotangents, spec) -> input_cotangents: tuple
 
-Both rules are pure functions of arrays of the namespace ``xp`` (the Python array API). ``forward`` returns every
-output in a tuple, even a single one; ``vjp`` receives one cotangent per output (zeros where the caller gave none) and
-returns one cotangent per input (``None`` for an input that is not differentiable).
+Both rules are pure, trace-safe functions of arrays of the namespace ``xp`` (the Python array API): no Python
+branching on array values, no writes into arrays, no host-device synchronisation; they branch only on shapes, dtypes
+and the frozen specification ``spec`` (eigpool._spec). ``forward`` returns every output in a tuple, even a single one:
+first the ``n_outputs`` differentiable ones, then ``aux_outputs`` values that carry no derivative (the eigenvalues a
+spectral function computed, for the value checks). ``vjp`` receives one cotangent per differentiable output (zeros
+where the caller gave none) and returns one cotangent per input (``None`` for an input that is not differentiable).
+Optionally, ``second_order(spec)`` returns a rule for the VJP of the VJP, ``(xp, residuals, cotangents, *ws, spec)
+-> (input cotangents..., cotangent cotangents...)``, or None where it has none (frameworks then differentiate the
+recomputed forward and VJP with their own autodiff).
 
-``bind(p, *inputs, **params)`` applies a primitive to arrays. It resolves the namespace, casts the inputs to the
-primitive's compute dtype, and casts the outputs back to the input dtype. A framework with its own automatic
-differentiation (PyTorch) registers a binder that wraps the same two rules into its autograd: that module is looked
-up lazily by name, so the core never imports a framework.
+``bind(p, *inputs, spec=spec)`` applies a primitive. The binder is chosen by the framework of the first input, from a
+registry the backends fill when they are imported (``register_backend``): a framework with automatic differentiation
+(eigpool.backends.torch) wraps the two rules into its own autodiff. The core names no framework: the registry is
+keyed by the name of the array's namespace ("torch" for array_api_compat.torch), and the module
+``eigpool.backends.<name>`` is imported, if it exists, the first time such an array arrives. Arrays of every other
+library (NumPy, CuPy, array-api-strict) take the eager binder below, which records a tape for ``vjp``.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, is_array_api_obj
 
-__all__ = ["Primitive", "bind", "vjp", "compute_dtype_of"]
+from ._xp import cast
+
+__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "namespace_of", "register_backend",
+           "run_vjp", "vjp"]
 
 
 @dataclass(frozen=True)
 class Primitive:
     """An operation defined by a forward rule and a VJP rule (see the module docstring for the contract).
 
-    ``n_outputs`` is the length of the tuple ``forward`` returns; ``differentiable`` lists the positions of the inputs
-    that receive cotangents. ``vjp_primitive``, optional: ``vjp_primitive(params)`` returns a primitive that computes
-    this one's VJP, (*inputs, *output_cotangents) -> input cotangents, with a VJP rule of its own (the second
-    derivatives), or None for params it does not cover. Frameworks with autodiff use it for double backward.
+    ``n_outputs``: the differentiable outputs ``forward`` returns first; ``aux_outputs``: the values after them that
+    carry no derivative. ``differentiable``: the positions of the inputs that receive cotangents.
+    ``second_order``: optional, ``spec -> rule | None`` (the VJP of the VJP, module docstring).
     ``cast_cotangents``: False hands ``vjp`` the output cotangents in their own dtype, for a rule that casts what it
     reads piece by piece (a whole-array cast of a large cotangent costs a fresh copy twice its size).
     """
@@ -44,17 +54,81 @@ class Primitive:
     forward: Callable[..., tuple[tuple[Any, ...], Any]]
     vjp: Callable[..., tuple[Any, ...]]
     n_outputs: int = 1
+    aux_outputs: int = 0
     differentiable: tuple[int, ...] = (0,)
-    vjp_primitive: Callable[[dict], Primitive | None] | None = None
+    second_order: Callable[[Any], Callable[..., tuple] | None] | None = None
     cast_cotangents: bool = True
 
     def __repr__(self) -> str:
         return f"Primitive({self.name!r})"
 
 
-# Array types owned by a framework with its own autodiff: (module prefix of the array class, binder module).
-# The binder module defines ``bind(p, inputs, params, compute_dtype)``; it is imported only when such an array arrives.
-_AUTODIFF_BINDERS = {"torch": "eigpool.backends.torch"}
+class Backend(NamedTuple):
+    """How eigpool applies primitives to one framework's arrays: ``bind(p, inputs, spec) -> outputs`` and
+    ``concrete(x) -> bool``, whether ``x`` holds values that may be inspected (False while tracing: meta or fake
+    tensors, vmap, compile, jit), which decides whether value checks run."""
+
+    bind: Callable[[Primitive, tuple, Any], tuple]
+    concrete: Callable[[Any], bool]
+
+
+_BACKENDS: dict[str, Backend] = {}
+_BY_TYPE: dict[type, Backend] = {}
+_NAMESPACES: dict[type, Any] = {}
+
+
+def register_backend(name: str, backend: Backend) -> None:
+    """Register the binder of the framework named ``name``: the top-level module of its array type or the name of
+    its array API namespace (e.g. "torch")."""
+    _BACKENDS[name] = backend
+    _BY_TYPE.clear()
+
+
+def namespace_of(x: Any) -> Any:
+    """The array API namespace of ``x`` (array_api_compat's), or None if ``x`` is not an array; cached by type, so
+    that a traced call (torch.compile) reads a dictionary instead of tracing array_api_compat's type tests."""
+    kind = type(x)
+    if kind not in _NAMESPACES:
+        _NAMESPACES[kind] = array_namespace(x) if is_array_api_obj(x) else None
+    return _NAMESPACES[kind]
+
+
+def backend_of(x: Any) -> Backend:
+    """The backend for arrays of ``x``'s type: the one registered under the top-level module of the type or under
+    the name of its namespace, registering it first by importing ``eigpool.backends.<name>`` where that module exists;
+    else the eager binder."""
+    backend = _BY_TYPE.get(type(x))
+    if backend is None:
+        backend = _BY_TYPE[type(x)] = _find_backend(x)
+    return backend
+
+
+def _find_backend(x: Any) -> Backend:
+    names = (type(x).__module__.split(".")[0],
+             namespace_of(x).__name__.removeprefix("array_api_compat.").split(".")[0])
+    for name in names:
+        if name not in _BACKENDS and importlib.util.find_spec(f"eigpool.backends.{name}") is not None:
+            importlib.import_module(f"eigpool.backends.{name}")
+        if name in _BACKENDS:
+            return _BACKENDS[name]
+    return EAGER
+
+
+def load_backends_of_imported_frameworks() -> None:
+    """Import ``eigpool.backends.<name>`` for every framework already imported (so that a first call under a tracing
+    compiler finds its binder registered, with nothing to import). A backend that cannot load here (CuPy without a
+    GPU) is left to the first array that needs it, which raises its error."""
+    import pkgutil
+    import sys
+
+    import eigpool.backends
+
+    for module in pkgutil.iter_modules(eigpool.backends.__path__):
+        if module.name in sys.modules and f"eigpool.backends.{module.name}" not in sys.modules:
+            try:
+                importlib.import_module(f"eigpool.backends.{module.name}")
+            except (ImportError, RuntimeError):
+                continue
 
 
 def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
@@ -67,43 +141,39 @@ def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
     return dtype
 
 
-def _cast(xp: Any, x: Any, dtype: Any) -> Any:
-    return x if x is None or x.dtype == dtype else xp.astype(x, dtype)
+def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
+    """Apply primitive ``p`` with the specification ``spec`` to ``inputs``; returns the tuple of outputs, the
+    differentiable ones in the first input's dtype.
 
-
-def _framework(x: Any) -> str | None:
-    top = type(x).__module__.split(".", 1)[0]
-    return top if top in _AUTODIFF_BINDERS and top in sys.modules else None
-
-
-def bind(p: Primitive, *inputs: Any, compute_dtype: str | None = "float64", **params: Any) -> tuple[Any, ...]:
-    """Apply primitive ``p`` to ``inputs``; returns the tuple of outputs, each in the first input's dtype.
-
-    Inputs are cast to ``compute_dtype`` (``None``: the input dtype, half precision promoted to float32) for the
+    Inputs are cast to ``spec.compute_dtype`` (``None``: the input dtype, half precision promoted to float32) for the
     computation. Arrays of a framework with autodiff go through that framework's binder so that gradients flow;
     other arrays (NumPy, CuPy, any array-API library) are computed directly and recorded on the active ``vjp`` tape.
     """
-    framework = _framework(inputs[0])
-    if framework is not None:
-        binder = importlib.import_module(_AUTODIFF_BINDERS[framework])
-        return binder.bind(p, inputs, params, compute_dtype)
-    xp = array_namespace(*[x for x in inputs if x is not None])
+    return backend_of(inputs[0]).bind(p, inputs, spec)
+
+
+def _eager_bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Any, ...]:
+    xp = namespace_of(inputs[0])
     dtype = inputs[0].dtype
-    cdtype = compute_dtype_of(xp, dtype, compute_dtype)
-    outputs, residuals = p.forward(xp, *[_cast(xp, x, cdtype) for x in inputs], **params)
-    outputs = tuple(_cast(xp, y, dtype) for y in outputs)
+    cdtype = compute_dtype_of(xp, dtype, spec.compute_dtype)
+    outputs, residuals = p.forward(xp, *[cast(xp, x, cdtype) for x in inputs], spec=spec)
+    n = p.n_outputs
+    outputs = (*[cast(xp, y, dtype) for y in outputs[:n]], *outputs[n:])
     if _TAPES:
-        _TAPES[-1].append(_Record(p, inputs, outputs, residuals, params, cdtype))
+        _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtype))
     return outputs
 
 
-def run_vjp(xp: Any, p: Primitive, residuals: Any, cotangents: tuple, params: dict, cdtype: Any,
+EAGER = Backend(_eager_bind, lambda x: True)
+
+
+def run_vjp(xp: Any, p: Primitive, residuals: Any, cotangents: tuple, spec: Any, cdtype: Any,
             input_dtypes: tuple) -> tuple[Any, ...]:
     """Run ``p.vjp`` in the compute dtype and cast each input cotangent back to its input's dtype."""
     if p.cast_cotangents:
-        cotangents = tuple(_cast(xp, c, cdtype) for c in cotangents)
-    cts = p.vjp(xp, residuals, *cotangents, **params)
-    return tuple(_cast(xp, c, d) for c, d in zip(cts, input_dtypes, strict=True))
+        cotangents = tuple(cast(xp, c, cdtype) for c in cotangents)
+    cts = p.vjp(xp, residuals, *cotangents, spec=spec)
+    return tuple(cast(xp, c, d) for c, d in zip(cts, input_dtypes, strict=True))
 
 
 @dataclass
@@ -112,14 +182,14 @@ class _Record:
     inputs: tuple
     outputs: tuple
     residuals: Any
-    params: dict
+    spec: Any
     cdtype: Any
 
 
 _TAPES: list[list[_Record]] = []
 
 
-def vjp(fn: Callable[..., Any], *args: Any, **params: Any) -> tuple[Any, Callable[..., tuple[Any, ...]]]:
+def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Callable[..., tuple[Any, ...]]]:
     """Evaluate ``fn(*args, **params)`` and return ``(out, pullback)``, JAX style.
 
     ``fn`` is any composition of eigpool functions on arrays without their own autodiff (NumPy, CuPy, array-API
@@ -169,10 +239,10 @@ def vjp(fn: Callable[..., Any], *args: Any, **params: Any) -> tuple[Any, Callabl
             cts_out = [acc.get(id(y)) for y in rec.outputs]
             if all(c is None for c in cts_out):
                 continue
-            xp = array_namespace(*[y for y in rec.outputs])
+            xp = array_namespace(*rec.outputs)
             cts_out = tuple(xp.zeros_like(y) if c is None else c for y, c in zip(rec.outputs, cts_out, strict=True))
             dtypes = tuple(None if x is None else x.dtype for x in rec.inputs)
-            cts_in = run_vjp(xp, rec.primitive, rec.residuals, cts_out, rec.params, rec.cdtype, dtypes)
+            cts_in = run_vjp(xp, rec.primitive, rec.residuals, cts_out, rec.spec, rec.cdtype, dtypes)
             for x, c in zip(rec.inputs, cts_in, strict=True):
                 if x is not None and c is not None:
                     _accumulate(acc, x, c)

@@ -1,22 +1,31 @@
-"""Small array-API helpers that every module needs: device-aware constants and diagonal embedding."""
+"""Small array-API helpers that every module needs: device-aware constants, diagonals and empty-safe reductions."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import device
+from array_api_compat import device as compat_device
 
-__all__ = ["arange_like", "diag_embed", "diagonal", "eye_like", "sym"]
+__all__ = ["arange_like", "cast", "device_of", "diag_embed", "diagonal", "eye_like", "max_abs", "span", "sym"]
+
+
+def device_of(x: Any) -> Any:
+    """The device of ``x``: the array API attribute ``x.device`` (read as an attribute, so that tracing compilers see
+    no library type tests), or array_api_compat's ``device`` for an array without it (NumPy 1.x)."""
+    try:
+        return x.device
+    except AttributeError:
+        return compat_device(x)
 
 
 def eye_like(xp: Any, x: Any, d: int | None = None) -> Any:
     """Identity (d, d) with x's dtype and device (d defaults to x's last axis)."""
-    return xp.eye(x.shape[-1] if d is None else d, dtype=x.dtype, device=device(x))
+    return xp.eye(x.shape[-1] if d is None else d, dtype=x.dtype, device=device_of(x))
 
 
 def arange_like(xp: Any, x: Any, n: int) -> Any:
     """0, 1, ..., n - 1 on x's device."""
-    return xp.arange(n, device=device(x))
+    return xp.arange(n, device=device_of(x))
 
 
 def diag_embed(xp: Any, v: Any) -> Any:
@@ -31,4 +40,28 @@ def diagonal(xp: Any, A: Any) -> Any:
 
 def sym(xp: Any, A: Any) -> Any:
     """(A + A^T) / 2 over the last two axes."""
-    return (A + xp.matrix_transpose(A)) / 2
+    return (A + A.mT) / 2
+
+
+def max_abs(xp: Any, l: Any) -> Any:
+    """max |l| over the last axis, shape (..., 1); 0 for an empty last axis (the spectrum of a 0 x 0 matrix), where
+    the array API's max has no value. The branch is on the shape, never on values: trace-safe."""
+    if l.shape[-1] == 0:
+        return xp.zeros((*l.shape[:-1], 1), dtype=l.dtype, device=device_of(l))
+    return xp.max(xp.abs(l), axis=-1, keepdims=True)
+
+
+def cast(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` in ``dtype``: ``x`` itself if it has that dtype already (no copy, no alias op) or is None, else a cast
+    copy."""
+    return x if x is None or x.dtype == dtype else xp.astype(x, dtype)
+
+
+def span(x: Any, start: int, stop: int | None, axis: int) -> Any:
+    """``x[start:stop]`` along ``axis`` (a negative axis), or ``x`` itself when that is all of it: a full slice is an
+    alias op, which PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) cannot batch."""
+    n = x.shape[axis]
+    stop = n if stop is None else stop
+    if (start, stop) == (0, n):
+        return x
+    return x[(..., slice(start, stop)) + (slice(None),) * (-1 - axis)]

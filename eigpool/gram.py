@@ -18,7 +18,7 @@ c_k = g(m_k) - g0 (as g[m_k, tau] (m_k - tau), cancellation-free). No d x d eige
 floored eigenvalues, whose eigenvectors are an arbitrary basis of a tied eigenspace: cost O(d^2 N + N^3).
 
 Backward. The dense path's adjoint is dL/dS = U (L o (U^T Gs U)) U^T (Gs = sym(G), L the Loewner matrix of
-[Note: Loewner backward] in eigpool.spectral) and dL/dX = 2 (dL/dS) Xc / N = 2 Z V^T / N with Z = (dL/dS) Y, because
+[Note: Loewner backward] in eigpool._loewner) and dL/dX = 2 (dL/dS) Xc / N = 2 Z V^T / N with Z = (dL/dS) Y, because
 Xc = Y V^T. Only columns y_k of the range matter (U^T y_k = sqrt(N mu_k) e_k). Take W = Y^T Gs Y (N x N).
 - k in a, i in a: u_i L_ik u_i^T Gs y_k = y_i L_ik W_ik / (N mu_i).
 - k in a, i floored (b or the d - N exact zeros, l_i = mu_i or 0): L_ik = c_k / (l_k - l_i) for every such i (the
@@ -29,7 +29,7 @@ Xc = Y V^T. Only columns y_k of the range matter (U^T y_k = sqrt(N mu_k) e_k). T
 - k in b: only i in a contributes (both below the floor: L = 0), y_i L_ik W_ik / (N mu_i).
 Together: Z = Gs Y diag(e) + Y (M o W) with
     M_ik = (L_ik - e_k) / (N mu_i)  for i in a,    M_ik = L_ik / (N mu_k)  for i in b, k in a,    0 otherwise.
-L over the N Gram eigenpairs is built by eigpool.spectral's own Loewner routine, so the divided differences, the floor
+L over the N Gram eigenpairs is built by eigpool._loewner's Loewner routine, so the divided differences, the floor
 subgradient (0 below the floor) and the truncation rule are those of the dense path, not a copy.
 SEB: out = (1 + rho) F0 with rho^2 = sum_{k in a} m_k exp(-2 m_k) + (d - |a|) tau exp(-2 tau); the rho term adds
 sum_{k in a} t_k u_k u_k^T to dL/dS, t_k = <Gs, F0> drho/dl_k, i.e. t_k y_k to column k of Z, with
@@ -49,26 +49,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from array_api_compat import device
+from ._checks import check_truncate, checked
+from ._divided import SpectralFunction
+from ._loewner import Spectrum, loewner
+from ._primitive import Primitive, bind, compute_dtype_of, namespace_of
+from ._spec import GRADS, ComputeSpec, GramSpec, NewtonSchulzSpec, SpectralSpec, resolve_spectral
+from ._xp import arange_like, cast, diagonal, eye_like, max_abs, span
+from .covariance import check_features, covariance_p
+from .newton_schulz import newton_schulz_p
+from .spectral import seb_gain_slope, spectral_p
+from .triu import concat_pieces, pack_rows, row_offset, triu_vec_p, unpack_rows
 
-from ._checks import check_array
-from ._primitive import Primitive, bind
-from ._xp import arange_like, diagonal
-from .covariance import covariance
-from .eigh import eigenvalue_floor, eigenvalue_floor_rel
-from .spectral import GRADS, SPECTRAL_FUNCTIONS, SpectralFunction, _apply, _loewner, _power, _Spectrum
-from .triu import pack_rows, row_offset, triu_vec, unpack_rows
-
-__all__ = ["PATHS", "gram_spectral_p", "pooled", "resolve_path"]
+__all__ = ["PATHS", "gram_spectral_p", "pooled", "pooled_spec", "resolve_path"]
 
 #: Values of ``path=``: "auto" (the Gram route when N < d), "dense" (d x d eigendecomposition), "gram".
 PATHS = ("auto", "dense", "gram")
 
-_NAMED = ("sqrt", "invsqrt", "log", "power")
 #: Rows per block of the fused vector route (triu=True): products of 256 rows stay efficient, and with b blocks only
 #: (b + 1) / 2b of the d x d entries are computed and gathered (56 % at d = 2048).
 BLOCK_ROWS = 256
-_DENSE_OPS = {"sqrt": "sqrtm", "invsqrt": "invsqrtm", "log": "logm", "power": "powm"}
 
 
 def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = None, floor: float | str | None = "auto",
@@ -76,12 +75,13 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
            compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
     """Covariance pooling followed by a spectral function: F(S), S = Xc Xc^T / N, for features X.
 
-    X: (..., d, N) real floating, d channels over N positions; returns (..., d, d) in X's dtype, equal (to round-off)
-    to ``eigpool.sqrtm(eigpool.covariance(X))`` (or the function chosen) with the same floor, truncation and gradients.
+    X: (..., d, N) real floating, d channels over N >= 1 positions; returns (..., d, d) in X's dtype, equal (to
+    round-off) to ``eigpool.sqrtm(eigpool.covariance(X))`` (or the function chosen) with the same floor, truncation
+    and gradients.
 
     fn: "sqrt", "invsqrt", "log", "power" (with exponent ``p``), or a ``SpectralFunction`` with ``positive=True``.
-    floor: eigenvalue floor relative to the largest eigenvalue ("auto": d * eps(X.dtype), as ``sqrtm`` on S of X's
-      dtype; a float; None: the smallest normal number only). Eigenvalues below it, including the d - N + 1 zeros of a
+    floor: eigenvalue floor relative to the largest eigenvalue ("auto": d * eps of the compute dtype, as ``sqrtm``;
+      a float; None: the smallest normal number only). Eigenvalues below it, including the d - N + 1 zeros of a
       covariance with fewer positions than channels, are clamped to it; their subgradient is 0.
     truncate: drop the ``truncate`` smallest eigenvalues (g = 0 on them), counted among the d eigenvalues of S; the
       eigenvalues at the floor are tied and are dropped only all together (module docstring).
@@ -95,25 +95,46 @@ def pooled(X: Any, fn: str | SpectralFunction = "sqrt", *, p: float | None = Non
       the backward builds the symmetric cotangent from the vector directly and needs one d x d x N product, not two.
     compute_dtype: dtype of the computation (default float64; None: X's own, half precision promoted to float32).
     """
-    op = "pooled"
-    xp = check_array(X, op, "X", 2)
-    spec, gain = _resolve_function(op, fn, p, seb)
-    chosen = resolve_path(op, path, X.shape[-2], X.shape[-1], grad)
-    if chosen == "dense":
-        name = _DENSE_OPS.get(fn, "spectral") if isinstance(fn, str) else "spectral"
-        S = covariance(X, compute_dtype=compute_dtype)
-        F = _apply("seb" if seb else name, S, spec, grad, floor, truncate, gain, compute_dtype, kernel_options)
-        return triu_vec(F) if triu else F
-    if kernel_options:
-        raise TypeError(f"{op}: kernel options {sorted(kernel_options)} configure an approximate kernel; "
-                        "path='gram' computes the exact gradient only")
-    d = X.shape[-2]
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 0 <= truncate < d:
-        raise ValueError(f"{op}: truncate must be an integer in [0, d) = [0, {d}), got {truncate!r}")
-    # The relative floor depends on d and the dtype only: the (..., N, d) transpose carries both, as S would.
-    rel = eigenvalue_floor_rel(xp.matrix_transpose(X), floor)
-    return bind(gram_spectral_p, X, compute_dtype=compute_dtype, fn=spec, floor=rel, truncate=truncate, gain=gain,
-                triu=bool(triu), out_dtype=X.dtype)[0]
+    spec = pooled_spec("pooled", fn, p=p, floor=floor, truncate=truncate, seb=seb, grad=grad,
+                       compute_dtype=compute_dtype, kernel_options=kernel_options)
+    return pooled_from_spec(X, spec, path=path, triu=triu)
+
+
+def pooled_spec(op: str, fn: str | SpectralFunction = "sqrt", **options: Any) -> SpectralSpec:
+    """The ``SpectralSpec`` of ``pooled``'s options: a function defined on positive eigenvalues (the floor applies)."""
+    spec = resolve_spectral(op, fn, **options)
+    if not spec.fn.positive:
+        raise ValueError(f"{op}: fn must be a SpectralFunction with positive=True (the eigenvalue floor applies), "
+                         f"got {spec.fn.name!r} with positive=False")
+    return spec
+
+
+def pooled_from_spec(X: Any, spec: SpectralSpec | NewtonSchulzSpec, *, path: str = "auto", triu: bool = False,
+                     op: str = "pooled") -> Any:
+    """``pooled`` for a resolved specification: a spectral function's (``SpectralSpec``, either path) or the
+    Newton-Schulz iteration's (``NewtonSchulzSpec``, dense path). The features are value-checked once (finite); the
+    matrices built from them are symmetric and PSD by construction and are not checked again. Layers keep the
+    specification and call this."""
+    check_features(X, op)
+    if isinstance(spec, SpectralSpec):
+        check_truncate(op, spec.truncate, X.shape[-2])
+        if resolve_path(op, path, X.shape[-2], X.shape[-1], spec.grad) == "gram":
+            gram = GramSpec(spec, bool(triu), X.dtype)
+            return checked(op, "X", X, lambda: bind(gram_spectral_p, X, spec=gram), symmetric=False)[0]
+    elif path == "gram":
+        raise ValueError(f"{op}: path='gram' is an exact eigen route; the Newton-Schulz iteration runs on S (dense)")
+    return checked(op, "X", X, lambda: (_dense(X, spec, triu),), symmetric=False)[0]
+
+
+def _dense(X: Any, spec: SpectralSpec | NewtonSchulzSpec, triu: bool) -> Any:
+    """covariance -> F (-> triu_vec) as primitives, all in the compute dtype; the result is cast to X's dtype once
+    (a cast of S between the steps would round it to X's dtype, which changes the small eigenvalues)."""
+    xp = namespace_of(X)
+    own = ComputeSpec(None)
+    S = bind(covariance_p, cast(xp, X, compute_dtype_of(xp, X.dtype, spec.compute_dtype)), spec=own)[0]
+    F = bind(spectral_p if isinstance(spec, SpectralSpec) else newton_schulz_p, S, spec=spec)[0]
+    out = bind(triu_vec_p, F, spec=own)[0] if triu else F
+    return cast(xp, out, X.dtype)
 
 
 def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str:
@@ -134,53 +155,32 @@ def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str
     return path
 
 
-def _resolve_function(op: str, fn: str | SpectralFunction, p: float | None, seb: bool) -> tuple[SpectralFunction,
-                                                                                                 str | None]:
-    """The spectral function for ``fn`` (and ``p``), and the gain ("seb" or None)."""
-    if isinstance(fn, SpectralFunction):
-        if not fn.positive:
-            raise ValueError(f"{op}: fn must be a SpectralFunction with positive=True (the eigenvalue floor applies), "
-                             f"got {fn.name!r} with positive=False")
-        spec = fn
-    elif fn not in _NAMED:
-        raise ValueError(f"{op}: fn must be one of {_NAMED} or a SpectralFunction, got {fn!r}")
-    elif fn == "power":
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or p != p or abs(p) == float("inf"):
-            raise TypeError(f"{op}: fn='power' needs a finite real exponent p, got p={p!r}")
-        spec = _power(float(p))
-    else:
-        spec = SPECTRAL_FUNCTIONS[fn]
-    if p is not None and fn != "power":
-        raise ValueError(f"{op}: p is the exponent of fn='power' only, got fn={fn!r}, p={p!r}")
-    if seb and fn != "sqrt":
-        raise ValueError(f"{op}: seb=True scales the matrix square root; it needs fn='sqrt', got fn={fn!r}")
-    return spec, "seb" if seb else None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The primitive.
 
 class _GramResiduals(NamedTuple):
     """Residuals: the Gram spectrum (l = mu, U = V, floored m, g, masks, SEB gain), Y = Xc V, e and g0."""
 
-    spectrum: _Spectrum
+    spectrum: Spectrum
     Y: Any
     e: Any
     g0: Any
 
 
-def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None, truncate: int, gain: str | None,
-                  triu: bool, out_dtype: Any) -> tuple[tuple, _GramResiduals]:
-    d, n = X.shape[-2], X.shape[-1]
+def _gram_forward(xp: Any, X: Any, *, spec: GramSpec) -> tuple[tuple, _GramResiduals]:
+    fn, d, n = spec.spectral.fn, X.shape[-2], X.shape[-1]
     Xc = X - xp.mean(X, axis=-1, keepdims=True)
-    mu, V = xp.linalg.eigh(xp.matrix_transpose(Xc) @ Xc / n)
+    mu, V = xp.linalg.eigh(Xc.mT @ Xc / n)
     Y = Xc @ V
-    tau = xp.clip(eigenvalue_floor(xp, mu, floor), float(xp.finfo(mu.dtype).smallest_normal), None)
+    # The floor is that of S (d x d, compute dtype): its spectrum's scale is the Gram matrix's.
+    rel = spec.spectral.floor.relative(d, float(xp.finfo(mu.dtype).eps))
+    tau = xp.clip(rel * max_abs(xp, mu), float(xp.finfo(mu.dtype).smallest_normal), None)
     above = mu >= tau
     m = xp.maximum(mu, tau)
     n_floored = d - xp.sum(xp.astype(above, mu.dtype), axis=-1, keepdims=True)
     # Truncation rule (module docstring): the floored eigenspace is dropped only as a whole. Above the floor, Gram
     # eigenvalue k is eigenvalue k + d - N of S in ascending order (the floored ones come first).
+    truncate = spec.spectral.truncate
     floor_kept = n_floored > truncate
     keep = xp.where(above, arange_like(xp, mu, n) + (d - n) >= truncate, floor_kept)
     zero = xp.zeros_like(m)
@@ -192,29 +192,21 @@ def _gram_forward(xp: Any, X: Any, *, fn: SpectralFunction, floor: float | None,
     c = xp.where(above, xp.where(floor_kept, across, g), zero)
     e = c / xp.where(above, mu, xp.ones_like(mu))
     rho, scale = None, xp.ones_like(tau)
-    if gain == "seb":
+    if spec.spectral.seb:
         rho = xp.sqrt(xp.sum(xp.where(above, m * xp.exp(-2 * m), zero), axis=-1)
                       + (n_floored * tau * xp.exp(-2 * tau))[..., 0])
         scale = (1 + rho)[..., None]
     # The gain goes into the N weights and g0, not over the d x d result: d x d passes cost as much as the product.
     w, diag = scale * e / n, scale * g0
     Yw = Y * w[..., None, :]
-    if triu:
-        out = _triu_of_sum(xp, Yw, Y, diag, out_dtype)
+    if spec.triu:
+        out = _triu_of_sum(xp, Yw, Y, diag, spec.out_dtype)
     else:
-        out = xp.astype(_add_to_diagonal(xp, Yw @ xp.matrix_transpose(Y), diag), out_dtype, copy=False)
-    return (out,), _GramResiduals(_Spectrum(mu, V, m, g, above, keep, rho), Y, e, g0)
-
-
-def _add_to_diagonal(xp: Any, A: Any, c: Any) -> Any:
-    """A + diag(c) for A (..., r, m), r <= m, that this module just created, c (..., 1) (c I) or (..., r): O(r) writes
-    into A's diagonal (every (m+1)-th entry of the flattened matrix) instead of building diag(c) and adding it, two
-    more d x d passes.
-    Correct whether or not reshape returns a view: only the returned array is used."""
-    m = A.shape[-1]
-    flat = xp.reshape(A, (*A.shape[:-2], A.shape[-2] * m))
-    flat[..., :: m + 1] = flat[..., :: m + 1] + c
-    return xp.reshape(flat, A.shape)
+        out = cast(xp, Yw @ Y.mT + diag[..., None] * eye_like(xp, Y, d), spec.out_dtype)
+    # The mask is kept even without truncation: when N > d the Gram matrix's N - d extra zero eigenvalues are not
+    # eigenvalues of S (floor_kept is False for them), and g = 0 there.
+    spectrum = Spectrum(mu, V, m, g, above, keep, tau, rho)
+    return (out,), _GramResiduals(spectrum, Y, e, g0)
 
 
 # The fused vector route. Row block [a, b) of a symmetric d x d matrix, restricted to the columns >= a, is an r x m
@@ -229,13 +221,13 @@ def _row_blocks(d: int) -> list[tuple[int, int]]:
 def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
     """triu_vec(A B^T + c I) in ``dtype`` for A, B (..., d, N) with A B^T symmetric, c (..., 1), block by block.
 
-    The vector is written in its final dtype block by block: a whole-vector cast would cost a fresh copy."""
-    d = A.shape[-2]
-    out = xp.empty((*A.shape[:-2], d * (d + 1) // 2), dtype=dtype, device=device(A))
-    for a, b in _row_blocks(d):
-        P = _add_to_diagonal(xp, A[..., a:b, :] @ xp.matrix_transpose(B[..., a:, :]), c)
-        pack_rows(xp, out, xp.astype(P, dtype, copy=False), a)
-    return out
+    Each block is cast to ``dtype`` once and the vector is one concatenation of the blocks' row slices: a
+    whole-vector cast would cost a fresh copy."""
+    pieces: list[Any] = []
+    for a, b in _row_blocks(A.shape[-2]):
+        P = cast(xp, span(A, a, b, -2) @ span(B, a, None, -2).mT, dtype)
+        pieces += pack_rows(xp, P, cast(xp, diagonal(xp, span(P, 0, b - a, -1)) + c, dtype))
+    return concat_pieces(xp, pieces, A, dtype)
 
 
 def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
@@ -245,55 +237,48 @@ def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
     Block k (rows [a, b), Q_k = (Ws + diag(c))[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry,
     Q_k[:, b - a:]^T Y[a:b] to the rows below it: 2b - 1 products, the same work as one d x d x N product."""
     d = Y.shape[-2]
-    out = xp.empty((*v.shape[:-1], d, Y.shape[-1]), dtype=Y.dtype, device=device(Y))
-    below = None
+    rows, below = [], None
     for a, b in _row_blocks(d):
-        Q = _add_to_diagonal(xp, unpack_rows(xp, v, d, a, b, Y.dtype), c[..., a:b])
-        row = Q @ Y[..., a:, :]
-        out[..., a:b, :] = row if below is None else row + below[..., : b - a, :]
+        Q = unpack_rows(xp, v, d, a, b, Y.dtype, add_diagonal=span(c, a, b, -1))
+        row = Q @ span(Y, a, None, -2)
+        rows.append(row if below is None else row + below[..., : b - a, :])
         if b < d:
             # Contributions to rows b.. from this block's columns; rows of the earlier blocks are done.
-            new = xp.matrix_transpose(Q[..., :, b - a:]) @ Y[..., a:b, :]
+            new = Q[..., :, b - a:].mT @ Y[..., a:b, :]
             below = new if below is None else below[..., b - a:, :] + new
-    return out
+    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)
 
 
-def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, fn: SpectralFunction, floor: float | None, truncate: int,
-              gain: str | None, triu: bool, out_dtype: Any) -> tuple:
+def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, spec: GramSpec) -> tuple:
     # [Note: Gram route]: dL/dX = 2 Z V^T / N, Z = Gs Y diag(e) + Y (M o W), W = Y^T Gs Y. With T = 2 Gs Y and
     # W2 = Y^T T = 2 W: dL/dX = T A + Y B, A = diag(e) V^T / N and B = (M o W2) V^T / N. The scalars, SEB and the
     # centring go into the N x N factors A and B: the d x N arrays pass through two products and one sum only.
-    spec, Y, e = res.spectrum, res.Y, res.e
+    s, Y, e = res.spectrum, res.Y, res.e
     d, n = Y.shape[-2], Y.shape[-1]
-    if triu:
+    if spec.triu:
         # G is the cotangent of the vector: 2 Gs = Ws + diag(G_ii), Ws the symmetric matrix holding G_ij at (i, j) and
         # (j, i), built from the vector block by block in Y's dtype (cast_cotangents=False: no whole-vector cast).
-        g_diag = xp.astype(xp.take(G, row_offset(d, xp.arange(d, device=device(G))), axis=-1), Y.dtype)
+        g_diag = xp.astype(xp.take(G, row_offset(d, arange_like(xp, G, d)), axis=-1), Y.dtype)
         T = _symmetric_times(xp, G, g_diag, Y)
     else:
         # G Y + G^T Y: a transposed operand costs nothing in a product, a d x d transpose-add costs more.
-        G = xp.astype(G, Y.dtype, copy=False)
+        G = cast(xp, G, Y.dtype)
         g_diag = diagonal(xp, G)
-        T = G @ Y + xp.matrix_transpose(G) @ Y
-    W2 = xp.matrix_transpose(Y) @ T
-    L = _loewner(xp, fn, spec, "exact", {})
-    mu_safe = xp.where(spec.above, spec.l, xp.ones_like(spec.l))
-    a_i, a_k = spec.above[..., :, None], spec.above[..., None, :]
+        T = G @ Y + G.mT @ Y
+    W2 = Y.mT @ T
+    L = loewner(xp, spec.spectral, s)
+    mu_safe = xp.where(s.above, s.l, xp.ones_like(s.l))
+    a_i, a_k = s.above[..., :, None], s.above[..., None, :]
     M = xp.where(a_i, (L - e[..., None, :]) / (n * mu_safe[..., :, None]),
                  xp.where(a_k, L / (n * mu_safe[..., None, :]), xp.zeros_like(L)))
-    Vt = xp.matrix_transpose(spec.U) / n
+    Vt = s.U.mT / n
     A, B = e[..., :, None] * Vt, (M * W2) @ Vt
-    if gain == "seb":
+    if spec.spectral.seb:
         # out = (1 + rho) F0: the F0 term scales by (1 + rho); the rho term adds t_k y_k to column k of Z (module
-        # docstring), t_k = <Gs, F0> (1 - 2 m_k) exp(-2 m_k) / (2 rho) above the floor (0 where rho = 0: no derivative
-        # there), <Gs, F0> = g0 tr(Gs) + sum_k e_k W_kk / N.
-        rho = spec.rho
-        safe = xp.where(rho > 0, rho, xp.ones_like(rho))
-        dm = (1 - 2 * spec.m) * xp.exp(-2 * spec.m) / (2 * safe[..., None])
-        dm = xp.where((rho > 0)[..., None] & spec.above, dm, xp.zeros_like(dm))
+        # docstring), t_k = <Gs, F0> drho/dl_k, <Gs, F0> = g0 tr(Gs) + sum_k e_k W_kk / N.
         g_dot_f = res.g0[..., 0] * xp.sum(g_diag, axis=-1) + xp.sum(e * diagonal(xp, W2), axis=-1) / (2 * n)
-        gain_ = (1 + rho)[..., None, None]
-        A, B = gain_ * A, gain_ * B + (2 * g_dot_f[..., None] * dm)[..., :, None] * Vt
+        gain = (1 + s.rho)[..., None, None]
+        A, B = gain * A, gain * B + (2 * g_dot_f[..., None] * seb_gain_slope(xp, s))[..., :, None] * Vt
     # The exact gradient is centred over positions (F depends on X - mean only): right-multiplying by I - 11^T/N,
     # i.e. centring the rows of A and B, removes the round-off in the mean.
     A, B = A - xp.mean(A, axis=-1, keepdims=True), B - xp.mean(B, axis=-1, keepdims=True)

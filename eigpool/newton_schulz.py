@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import check_matrix
+from ._checks import check_matrix, checked
 from ._primitive import Primitive, bind
+from ._spec import NewtonSchulzSpec, newton_schulz_spec
 from ._xp import eye_like
 
-__all__ = ["newton_schulz_p", "ns_invsqrtm", "ns_sqrtm"]
+__all__ = ["newton_schulz", "newton_schulz_p", "ns_invsqrtm", "ns_sqrtm"]
 
 
 def ns_sqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "float64") -> Any:
@@ -34,7 +35,8 @@ def ns_sqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "float6
     S: (..., d, d) symmetric PSD with positive trace; returns (..., d, d) in S's dtype. Cost: about 3 matrix
     products per step forward and 6 backward; no eigendecomposition.
     """
-    return _apply("ns_sqrtm", S, iterations, "sqrt", compute_dtype)
+    spec = newton_schulz_spec("ns_sqrtm", iterations=iterations, compute_dtype=compute_dtype)
+    return newton_schulz(S, spec, op="ns_sqrtm")
 
 
 def ns_invsqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "float64") -> Any:
@@ -42,62 +44,60 @@ def ns_invsqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "flo
 
     S: (..., d, d) symmetric positive definite; returns (..., d, d) in S's dtype.
     """
-    return _apply("ns_invsqrtm", S, iterations, "invsqrt", compute_dtype)
+    spec = newton_schulz_spec("ns_invsqrtm", iterations=iterations, inverse=True, compute_dtype=compute_dtype)
+    return newton_schulz(S, spec, op="ns_invsqrtm")
 
 
-def _apply(op: str, S: Any, iterations: int, output: str, compute_dtype: str | None) -> Any:
-    xp = check_matrix(S, op, "S")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"{op}: iterations must be an integer >= 1, got {iterations!r}")
-    if bool(xp.any(xp.linalg.trace(S) <= 0)):
-        raise ValueError(f"{op}: argument 'S' must be positive semi-definite with a positive trace; "
-                         "found a matrix with trace <= 0")
-    return bind(newton_schulz_p, S, compute_dtype=compute_dtype, iterations=iterations, output=output)[0]
+def newton_schulz(S: Any, spec: NewtonSchulzSpec, *, op: str = "newton_schulz") -> Any:
+    """The Newton-Schulz square root (or inverse square root, ``spec.inverse``) for a resolved specification."""
+    check_matrix(S, op, "S")
+    return checked(op, "S", S, lambda: bind(newton_schulz_p, S, spec=spec), positive_trace=True)[0]
 
 
-def _ns_forward(xp: Any, S: Any, *, iterations: int, output: str) -> tuple[tuple, tuple]:
-    t = xp.linalg.trace(S)[..., None, None]
+def _ns_forward(xp: Any, S: Any, *, spec: NewtonSchulzSpec) -> tuple[tuple, tuple]:
+    # The trace is at least the smallest normal number, so S = 0 (a sample whose channels are all dead) gives 0, its
+    # square root, instead of 0 / 0 (ns_sqrtm itself refuses a zero trace; layers reach S = 0 from constant features).
+    t = xp.clip(xp.linalg.trace(S), float(xp.finfo(S.dtype).smallest_normal), None)[..., None, None]
     eye = eye_like(xp, S)
     Y, Z = S / t, eye
     Ys, Zs, Ts = [Y], [Z], []
-    for k in range(iterations):
+    for k in range(spec.iterations):
         # Z_0 = I: the first step needs no product with it (two matrix products saved, as iSQRT-COV does).
         T = (3 * eye - (Y if k == 0 else Z @ Y)) / 2
-        last = k == iterations - 1
-        Y = Y @ T if not (last and output == "invsqrt") else None
-        Z = (T if k == 0 else T @ Z) if not (last and output == "sqrt") else None
+        last = k == spec.iterations - 1
+        Y = Y @ T if not (last and spec.inverse) else None
+        Z = (T if k == 0 else T @ Z) if not (last and not spec.inverse) else None
         Ts.append(T)
         Ys.append(Y)
         Zs.append(Z)
-    out = xp.sqrt(t) * Ys[-1] if output == "sqrt" else Zs[-1] / xp.sqrt(t)
+    out = Zs[-1] / xp.sqrt(t) if spec.inverse else xp.sqrt(t) * Ys[-1]
     return (out,), (S, t, Ys, Zs, Ts)
 
 
-def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, iterations: int, output: str) -> tuple:
+def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, spec: NewtonSchulzSpec) -> tuple:
     # [Note: Newton-Schulz backward].
     S, t, Ys, Zs, Ts = res
-    mT = xp.matrix_transpose
     eye = eye_like(xp, S)
-    if output == "sqrt":
+    if not spec.inverse:
         gY, gZ = xp.sqrt(t) * gQ, None
         g_t = xp.sum(gQ * Ys[-1], axis=(-2, -1))[..., None, None] / (2 * xp.sqrt(t))
     else:
         gY, gZ = None, gQ / xp.sqrt(t)
         g_t = -xp.sum(gQ * Zs[-1], axis=(-2, -1))[..., None, None] / (2 * t * xp.sqrt(t))
-    for k in range(iterations, 0, -1):
+    for k in range(spec.iterations, 0, -1):
         Yp, Zp, T = Ys[k - 1], Zs[k - 1], Ts[k - 1]
         gT, gYp, gZp = 0, 0, 0
         if gY is not None:
-            gYp, gT = gY @ mT(T), mT(Yp) @ gY
+            gYp, gT = gY @ T.mT, Yp.mT @ gY
         if k == 1:
             # Z_0 = I is a constant: no adjoint for it, and its products are the identity.
             gT = gT + gZ if gZ is not None else gT
             gY = gYp - gT / 2
             break
         if gZ is not None:
-            gZp, gT = mT(T) @ gZ, gT + gZ @ mT(Zp)
+            gZp, gT = T.mT @ gZ, gT + gZ @ Zp.mT
         gP = gT * -0.5  # = -gT / 2 exactly, in one pass
-        gY, gZ = gYp + mT(Zp) @ gP, gZp + gP @ mT(Yp)
+        gY, gZ = gYp + Zp.mT @ gP, gZp + gP @ Yp.mT
     gA = gY
     g_t = g_t - xp.sum(gA * S, axis=(-2, -1))[..., None, None] / (t * t)
     return (gA / t + g_t * eye,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def test_readme_python_examples_run(index):
     if "import torch" in code:
         pytest.importorskip("torch")
     exec(compile(code, f"README.md python block {index}", "exec"), {})
+
+
+DOCS = ("transforms.md",)
+
+
+@pytest.mark.parametrize(("doc", "index"), [(doc, i) for doc in DOCS for i in range(
+    len(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)))])
+def test_documented_python_examples_run(doc, index):
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)[index]
+    pytest.importorskip("torch")
+    exec(compile(textwrap.dedent(code), f"docs/{doc} python block {index}", "exec"), {})
 
 
 def test_ci_runs_the_readme_test_command():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.linalg as sl
 import torch
 from conftest import spd
+from torch import nn
 
 import eigpool
 from eigpool.backends.torch import CovariancePooling, GCPHead, MatrixFunction
@@ -163,7 +166,7 @@ BAD_CONFIGURATIONS = [
     (MatrixFunction, dict(method="newton_schulz", grad="taylor"), "newton_schulz"),
     (MatrixFunction, dict(fn="log", truncate=2), "undefined"),
     (MatrixFunction, dict(fn="invsqrt", seb=True), "seb=True"),
-    (MatrixFunction, dict(grad="exact", kernel_options={"degree": 3}), "kernel_options"),
+    (MatrixFunction, dict(grad="exact", kernel_options={"degree": 3}), "unexpected option"),
     (MatrixFunction, dict(grad="taylor", kernel_options={"order": 3}), "unexpected option"),
     (MatrixFunction, dict(compute_dtype="float16"), "compute_dtype"),
     (GCPHead, dict(in_channels=0), "in_channels must be"),
@@ -187,3 +190,82 @@ def test_bad_input_shape_names_the_layer():
         GCPHead(8, reduction=None)(torch.rand(2, 7, 3, 3))
     with pytest.raises(ValueError, match="CovariancePooling"):
         CovariancePooling()(torch.rand(7, 3))
+
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The head under tracing: compile, export, fake tensors, torch.func; and one owner for every option.
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    return nn.Sequential(GCPHead(8, reduction=4, **kwargs), nn.Linear(10, 3)).double()
+
+
+@pytest.mark.parametrize(("kwargs", "backend"), [({}, "inductor"), ({"path": "gram"}, "aot_eager"),
+                                                 ({"method": "newton_schulz"}, "aot_eager")],
+                         ids=["dense-inductor", "gram-aot_eager", "newton_schulz-aot_eager"])
+def test_compile_fullgraph_runs_forward_and_backward_like_eager(kwargs, backend):
+    # fullgraph=True: any graph break (a data-dependent branch, a host read, a custom rule Dynamo cannot trace)
+    # raises instead of falling back to eager.
+    model = _model(**kwargs)
+    compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend=backend)
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_eager = model(x1)
+    y_eager.square().sum().backward()
+    y_compiled = compiled(x2)
+    y_compiled.square().sum().backward()
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"path": "gram"}, {"seb": True}], ids=["dense", "gram", "seb"])
+def test_export_of_a_model_with_a_gcp_head_matches_eager(kwargs):
+    model = _model(**kwargs).eval()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    program = torch.export.export(model, (x,))
+    other = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(program.module()(other), model(other), rtol=1e-12, atol=1e-13)
+
+
+def test_head_on_fake_and_meta_tensors_and_under_vmap_of_grad():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    head = GCPHead(8, reduction=None).double()
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        out = head(mode.from_tensor(torch.randn(2, 8, 3, 3, dtype=torch.float64)))
+        assert out.shape == (2, 36) and out.dtype == torch.float64
+    assert head(torch.empty(2, 8, 3, 3, device="meta", dtype=torch.float32)).shape == (2, 36)
+    # Per-sample gradients of a classifier on the head, against a loop.
+    fc = nn.Linear(36, 3).double()
+    params = {k: v.detach() for k, v in fc.named_parameters()}
+    batch = torch.randn(4, 8, 3, 3, dtype=torch.float64)
+
+    def loss(p, x):
+        return torch.func.functional_call(fc, p, (head(x[None]),)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, batch)
+    for i in range(4):
+        torch.testing.assert_close(per_sample["weight"][i], torch.func.grad(loss)(params, batch[i])["weight"])
+
+
+def test_float32_head_is_the_float64_composition_on_both_paths():
+    # One floor for every route: resolved against the compute dtype (float64), so the head on float32 features, the
+    # Gram route and the composition of the public functions on the features in float64 agree (they differed by
+    # 4e-4 when the floor was resolved against float32 in one place and float64 in another).
+    torch.manual_seed(1)
+    x = torch.rand(2, 16, 3, 3)  # N = 9 < d = 16: the automatic path is the Gram route
+    head = GCPHead(16, reduction=None)
+    composed = eigpool.triu_vec(head.normalise(eigpool.covariance(x.flatten(2).double(), compute_dtype=None)))
+    for path in ("auto", "dense"):
+        head.path = path
+        torch.testing.assert_close(head(x).double(), composed, rtol=2e-6, atol=1e-7)
+
+
+def test_layers_store_one_resolved_specification():
+    head = GCPHead(16, reduction=8, fn="power", p=0.5, grad="taylor", kernel_options={"degree": 20},
+                   compute_dtype="float32")
+    spec = head.normalise.spec
+    assert isinstance(spec, eigpool.SpectralSpec) and spec.grad == "taylor" and spec.compute_dtype == "float32"
+    assert spec == eigpool.spectral_spec("power", p=0.5, grad="taylor", degree=20, compute_dtype="float32")
+    assert head.compute_dtype == "float32"

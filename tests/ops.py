@@ -1,0 +1,218 @@
+"""The table of operations: every eigpool function once, with what the generic tests need to know about it.
+
+Each entry names the function (of one array), its independent reference forward (SciPy/NumPy, on float64 NumPy
+arrays), the kind of input it takes, where its derivatives are exact (at exactly repeated eigenvalues, to second
+order), and the bad inputs it must refuse. ``test_ops.py`` runs every entry over every array namespace present
+(NumPy, read-only NumPy, array-api-strict, PyTorch, CuPy where it runs) and every PyTorch transform; a new operation is
+tested by adding a line here. The models: SciPy's ``xp`` fixture and PyTorch's OpInfo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sl
+
+import eigpool
+from eigpool._divided import SpectralFunction
+
+
+def spd(seed: int, eigenvalues: Any) -> np.ndarray:
+    """Q diag(eigenvalues) Q^T with a seeded random orthogonal Q, symmetrised."""
+    rng = np.random.default_rng(seed)
+    d = len(eigenvalues)
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    q = q * np.sign(np.diag(r))
+    s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T
+    return (s + s.T) / 2
+
+
+#: Spectrum families of the 4 x 4 test matrices: distinct, exactly repeated (pairs, a triple, a scalar matrix), and
+#: ties broken at 1e-7 and 1e-10 (where cancellation would show).
+SPECTRA = {
+    "distinct": [0.5, 0.9, 1.7, 3.1],
+    "repeated": [0.8, 0.8, 2.5, 2.5],
+    "triple": [0.6, 1.5, 1.5, 1.5],
+    "scalar": [1.3, 1.3, 1.3, 1.3],
+    "near_ties": [1.0, 1.0 + 1e-7, 2.0, 2.0 + 1e-10],
+}
+
+
+def _sqrt(S: np.ndarray) -> np.ndarray:
+    return sl.sqrtm(S).real
+
+
+def _power(p: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda S: sl.fractional_matrix_power(S, p).real
+
+
+def _seb(S: np.ndarray) -> np.ndarray:
+    Q = _sqrt(S)
+    return (1 + np.linalg.norm(Q @ sl.expm(-S).T)) * Q
+
+
+def _truncated(S: np.ndarray, k: int) -> np.ndarray:
+    l, U = np.linalg.eigh(S)
+    l[:k] = 0
+    return (U * l) @ U.T
+
+
+def _cov(X: np.ndarray) -> np.ndarray:
+    Xc = X - X.mean(-1, keepdims=True)
+    return Xc @ np.swapaxes(Xc, -1, -2) / X.shape[-1]
+
+
+def _triu(S: np.ndarray) -> np.ndarray:
+    return S[..., np.triu_indices(S.shape[-1])[0], np.triu_indices(S.shape[-1])[1]]
+
+
+def _unvec(v: np.ndarray) -> np.ndarray:
+    d = int((np.sqrt(8 * v.shape[-1] + 1) - 1) / 2)
+    S = np.zeros((d, d))
+    S[np.triu_indices(d)] = v
+    return S + np.triu(S, 1).T
+
+
+CBRT = SpectralFunction("cbrt", lambda xp, l: l ** (1 / 3), lambda xp, l: l ** (-2 / 3) / 3,
+                        lambda xp, a, b: 1 / (a ** (2 / 3) + (a * b) ** (1 / 3) + b ** (2 / 3)), True)
+
+
+def _cbrt(l: Any) -> Any:
+    return l ** (1 / 3)
+
+
+def _cbrt_slope(l: Any) -> Any:
+    return l ** (-2 / 3) / 3
+
+
+def _cube(l: Any) -> Any:
+    return l**3
+
+
+def _cube_slope(l: Any) -> Any:
+    return 3 * l**2
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the table.
+
+    fn: the eigpool function of one array. reference: the same function in NumPy/SciPy (None: properties only).
+    kind: "matrix" (a symmetric d x d input, PSD if ``positive``), "features" ((d, N)) or "vector" (a triu vector).
+    ties: the gradient is exact at exactly repeated eigenvalues (finite differences agree there).
+    second_order: second derivatives (double backward, hessian) are exact at repeated eigenvalues.
+    symmetric: the input must be symmetric (refused otherwise).
+    tape: ``eigpool.vjp`` can trace it (it uses eigpool functions only; else only frameworks with autodiff can).
+    """
+
+    name: str
+    fn: Callable[[Any], Any]
+    reference: Callable[[np.ndarray], np.ndarray] | None
+    kind: str = "matrix"
+    positive: bool = True
+    ties: bool = True
+    second_order: bool = False
+    symmetric: bool = True
+    tape: bool = True
+    spectra: tuple[str, ...] = field(default_factory=lambda: tuple(SPECTRA))
+
+
+OPS = [
+    Op("sqrtm", eigpool.sqrtm, _sqrt, second_order=True),
+    Op("invsqrtm", eigpool.invsqrtm, lambda S: np.linalg.inv(_sqrt(S)), second_order=True),
+    Op("logm", eigpool.logm, lambda S: sl.logm(S).real, second_order=True),
+    Op("powm(0.3)", lambda S: eigpool.powm(S, 0.3), _power(0.3), second_order=True),
+    Op("powm(-1.5)", lambda S: eigpool.powm(S, -1.5), _power(-1.5), second_order=True),
+    Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True),
+    Op("expm_neg", eigpool.expm_neg, lambda S: sl.expm(-S), positive=False, second_order=True),
+    Op("seb", eigpool.seb, _seb),
+    # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
+    Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
+       spectra=("distinct", "repeated")),
+    Op("sqrtm(truncate=2)", lambda S: eigpool.sqrtm(S, truncate=2), lambda S: _truncated(_sqrt(S), 2),
+       spectra=("distinct", "repeated")),
+    Op("spectral(cbrt)", lambda S: eigpool.spectral(S, _cbrt, _cbrt_slope, positive=True), _power(1 / 3)),
+    Op("spectral(x^3)", lambda S: eigpool.spectral(S, _cube, _cube_slope), lambda S: S @ S @ S, positive=False),
+    Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3)),
+    Op("eigh(eigenvalues)", lambda S: eigpool.eigh(S).eigenvalues, lambda S: np.linalg.eigvalsh(S), positive=False,
+       ties=False),  # single eigenvalues have a kink where they cross
+    Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
+       lambda S: np.trace(sl.expm(-S)), positive=False, tape=False),
+    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt),
+    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None),
+    Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S))),
+    Op("covariance", eigpool.covariance, _cov, kind="features"),
+    Op("pooled(gram)", lambda X: eigpool.pooled(X, path="gram"), lambda X: _sqrt(_cov(X)), kind="features"),
+    Op("pooled(gram, log, triu)", lambda X: eigpool.pooled(X, "log", path="gram", triu=True),
+       lambda X: _triu(sl.logm(_cov(X)).real), kind="features"),
+    Op("pooled(dense, seb)", lambda X: eigpool.pooled(X, seb=True, path="dense"), lambda X: _seb(_cov(X)),
+       kind="features"),
+    Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False),
+    Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector"),
+]
+BY_NAME = {op.name: op for op in OPS}
+
+
+def _sum_exp_neg(l: Any) -> Any:
+    # A symmetric function of the eigenvalues: smooth in S (single eigenvalues have a kink only where they cross).
+    from array_api_compat import array_namespace
+
+    xp = array_namespace(l)
+    return xp.sum(xp.exp(-l), axis=-1)
+
+
+def example_input(op: Op, seed: int = 0, spectrum: str = "distinct") -> np.ndarray:
+    """A float64 NumPy input of the op's kind: a 4 x 4 matrix of the named spectrum, features (4, 7) with a full-rank
+    covariance of distinct eigenvalues (6 positions for the Gram route: N > d, all its cases), or a triu vector."""
+    if op.kind == "matrix":
+        return spd(seed, SPECTRA[spectrum])
+    if op.kind == "features":
+        return np.random.default_rng(seed).standard_normal((4, 7))
+    return np.random.default_rng(seed).standard_normal(10)
+
+
+@dataclass(frozen=True)
+class BadCall:
+    """A bad input for an op and what it must raise."""
+
+    label: str
+    make: Callable[[np.ndarray], np.ndarray]
+    error: type[Exception]
+    match: str
+
+
+def _with(x: np.ndarray, index: tuple, value: float) -> np.ndarray:
+    x = x.copy()
+    x[index] = value
+    return x
+
+
+def bad_calls(op: Op) -> list[BadCall]:
+    """The bad inputs every op of this kind must refuse, each with the message that names the problem."""
+    calls = [BadCall("NaN", lambda x: _with(x, (0,) * x.ndim, np.nan), ValueError, "contains NaN or inf"),
+             BadCall("inf", lambda x: _with(x, (-1,) * x.ndim, np.inf), ValueError, "contains NaN or inf"),
+             BadCall("int", lambda x: x.astype(np.int64), TypeError, "real floating dtype"),
+             BadCall("complex", lambda x: x.astype(np.complex128), TypeError, "real floating dtype"),
+             BadCall("list", lambda x: x.tolist(), TypeError, "must be an array")]
+    if op.kind == "matrix":
+        calls += [BadCall("vector", lambda x: x[0], ValueError, "rank at least 2"),
+                  BadCall("non-square", lambda x: x[:, :3], ValueError, "must be square")]
+    if op.kind == "matrix" and op.symmetric:
+        calls.append(BadCall("non-symmetric", lambda x: x + np.triu(np.ones_like(x), 1), ValueError,
+                             "must be symmetric"))
+    if op.kind == "matrix" and op.positive:
+        message = "positive trace" if op.name.startswith("ns_") else "must be positive semi-definite"
+        calls.append(BadCall("negative definite", lambda x: -x, ValueError, message))
+    if op.kind == "features":
+        calls += [BadCall("vector", lambda x: x[0], ValueError, "rank at least 2"),
+                  BadCall("no positions", lambda x: x[:, :0], ValueError, "at least one position")]
+    if op.kind == "vector":
+        calls.append(BadCall("length 5", lambda x: x[:5], ValueError, "d\\(d\\+1\\)/2"))
+    return calls
+
+
+BAD_CALLS = [(op, call) for op in OPS for call in bad_calls(op)]
+BAD_IDS = [f"{op.name}({call.label})" for op, call in BAD_CALLS]
