@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+
+if importlib.util.find_spec("jax") is not None:
+    import jax
+
+    # The tests compare against float64 references: JAX's 64-bit mode, before any JAX array is made.
+    jax.config.update("jax_enable_x64", True)
 
 
 class _ReadOnlyNumPy:

@@ -31,13 +31,14 @@ def spd(seed: int, eigenvalues: Any) -> np.ndarray:
 
 
 #: Spectrum families of the 4 x 4 test matrices: distinct, exactly repeated (pairs, a triple, a scalar matrix), and
-#: ties broken at 1e-7 and 1e-10 (where cancellation would show).
+#: ties broken at 1e-7 and 1e-10 (where cancellation would show), and singular (a double zero eigenvalue).
 SPECTRA = {
     "distinct": [0.5, 0.9, 1.7, 3.1],
     "repeated": [0.8, 0.8, 2.5, 2.5],
     "triple": [0.6, 1.5, 1.5, 1.5],
     "scalar": [1.3, 1.3, 1.3, 1.3],
     "near_ties": [1.0, 1.0 + 1e-7, 2.0, 2.0 + 1e-10],
+    "singular": [0.0, 0.0, 1.0, 2.5],  # for the functions defined there (not those of positive eigenvalues)
 }
 
 
