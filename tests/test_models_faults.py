@@ -332,10 +332,12 @@ def test_default_names_are_unique_within_one_second(tmp_path, monkeypatch):
 
 # --- 9 and 10. Resume applies what may change and refuses the rest; eigpool-evaluate reports bad checkpoints -------
 
-def test_resume_extends_a_finished_run(tmp_path, capsys):
+@pytest.mark.parametrize("extension", [["--epochs", "3"], ["--epochs", "4", "--lr-steps", "1", "3"]],
+                         ids=["epochs", "epochs and a new lr step"])
+def test_resume_extends_a_finished_run(tmp_path, capsys, extension):
     assert _main(tmp_path, "--name", "short") == 0
-    assert main(["--resume", str(tmp_path / "short"), "--epochs", "3", "--progress", "false"]) == 0
-    assert _main(tmp_path, "--name", "long", "--epochs", "3") == 0
+    assert main(["--resume", str(tmp_path / "short"), *extension, "--progress", "false"]) == 0
+    assert _main(tmp_path, "--name", "long", *extension) == 0
     assert _rows(tmp_path / "short") == _rows(tmp_path / "long")
     capsys.readouterr()
     assert main(["--resume", str(tmp_path / "short")]) == 0
