@@ -1,7 +1,8 @@
 """Heads and the complete network: backbone -> pooling head -> linear classifier.
 
 The GCP head is ``eigpool.backends.torch.GCPHead`` (1x1 reduction + BN + ReLU, covariance, matrix square root by any
-method, upper-triangle vector); this module only chooses its arguments. The baseline is global average pooling.
+method, upper-triangle vector), built with the keyword arguments ``eigpool.models.factory`` derives from the settings.
+The baseline is global average pooling.
 ``FGVCNet`` keeps the backbone and the head apart (``forward_features``, ``forward_head``, as timm's ResNet does), so a
 head replaces pooling and classifier and leaves the backbone untouched.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eigpool.backends.torch import GCPHead, MatrixFunction
+from eigpool.backends.torch import GCPHead
 
 from .backbones import Backbone, build_backbone
 
-__all__ = ["HEADS", "AvgPoolHead", "FGVCNet", "build_head", "build_model", "set_gcp_method"]
+__all__ = ["HEADS", "AvgPoolHead", "FGVCNet", "build_head", "build_model", "replace_head"]
 
 HEADS = ("gcp", "avg")
 
@@ -31,15 +32,15 @@ class AvgPoolHead(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def build_head(kind: str, in_channels: int, *, reduction: int | None = 256, method: str = "eigen",
-               grad: str = "exact", seb: bool = False, truncate: int = 0, iterations: int = 5,
-               compute_dtype: str = "float64") -> nn.Module:
-    """A pooling head: ``kind`` "gcp" (GCPHead with the other arguments) or "avg" (AvgPoolHead, which ignores them)."""
+def build_head(kind: str, in_channels: int, **gcp_options: object) -> nn.Module:
+    """A pooling head: ``kind`` "gcp" (``GCPHead(in_channels=..., **gcp_options)``) or "avg" (AvgPoolHead, which takes
+    no options)."""
     if kind == "avg":
+        if gcp_options:
+            raise ValueError(f"build_head: the avg head takes no options, got {sorted(gcp_options)}")
         return AvgPoolHead(in_channels)
     if kind == "gcp":
-        return GCPHead(in_channels, reduction=reduction, method=method, grad=grad, seb=seb, truncate=truncate,
-                       iterations=iterations, compute_dtype=compute_dtype)
+        return GCPHead(in_channels=in_channels, **gcp_options)
     raise ValueError(f"build_head: kind must be one of {HEADS}, got {kind!r}")
 
 
@@ -75,13 +76,22 @@ def build_model(backbone: str, head: str, num_classes: int, *, pretrained: str |
     return FGVCNet(trunk, build_head(head, trunk.out_channels, **head_options), num_classes)
 
 
-def set_gcp_method(model: FGVCNet, method: str, *, grad: str = "exact", seb: bool = False, truncate: int = 0,
-                   iterations: int = 5, compute_dtype: str = "float64") -> None:
-    """Replace the matrix function of a GCP head in place (the hybrid protocol: Newton-Schulz, then an eigen method).
+def replace_head(model: FGVCNet, head: nn.Module) -> None:
+    """Put ``head`` in place of the model's head, carrying the old head's parameters and buffers over as the same
+    tensors, so that an optimizer (and its state) and DistributedDataParallel keep working on them.
 
-    The matrix function has no parameters, so the swap keeps every learned weight and the optimizer state.
+    Both heads must hold parameters and buffers of the same names and shapes: the hybrid protocol's method switch
+    changes only the parameter-free matrix function.
     """
-    if not isinstance(model.head, GCPHead):
-        raise ValueError(f"set_gcp_method: the model's head is {type(model.head).__name__}, not a GCPHead")
-    model.head.normalise = MatrixFunction(method=method, grad=grad, seb=seb, truncate=truncate, iterations=iterations,
-                                          compute_dtype=compute_dtype)
+    old = model.head
+    tensors = dict(old.named_parameters()) | dict(old.named_buffers())
+    wanted = dict(head.named_parameters()) | dict(head.named_buffers())
+    if {k: v.shape for k, v in tensors.items()} != {k: v.shape for k, v in wanted.items()}:
+        raise ValueError(f"replace_head: the new head's parameters and buffers {sorted(wanted)} differ in names or "
+                         f"shapes from the old head's {sorted(tensors)}")
+    for prefix, module in head.named_modules():
+        local = [name for name, _ in module.named_parameters(recurse=False)]
+        local += [name for name, _ in module.named_buffers(recurse=False)]
+        for name in local:
+            setattr(module, name, tensors[f"{prefix}.{name}" if prefix else name])
+    model.head = head.train(old.training)

@@ -51,3 +51,12 @@ def spd(seed: int, eigenvalues) -> np.ndarray:
     q = q * np.sign(np.diag(r))
     s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T
     return (s + s.T) / 2
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Training runs set torch's thread count (one thread for tiny tensors on a busy machine): restore it after."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
