@@ -15,20 +15,10 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sl
+from conftest import spd
 
 import eigpool
 from eigpool._divided import SpectralFunction
-
-
-def spd(seed: int, eigenvalues: Any) -> np.ndarray:
-    """Q diag(eigenvalues) Q^T with a seeded random orthogonal Q, symmetrised."""
-    rng = np.random.default_rng(seed)
-    d = len(eigenvalues)
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    q = q * np.sign(np.diag(r))
-    s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T
-    return (s + s.T) / 2
-
 
 #: Spectrum families of the 4 x 4 test matrices: distinct, exactly repeated (pairs, a triple, a scalar matrix), and
 #: ties broken at 1e-7 and 1e-10 (where cancellation would show), and singular (a double zero eigenvalue).
