@@ -212,7 +212,7 @@ def _spectral_vjp_vjp(xp: Any, s: Spectrum, cotangents: tuple, W: Any, *, spec: 
 
 def _spectral_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:
     """The rule of [Note: spectral second order] where it covers ``spec``, else None."""
-    covered = spec.kernel is None and not spec.truncate and not spec.seb and spec.fn.dd2 is not None
+    covered = spec.kernel is None and not spec.seb and spec.fn.dd2 is not None
     return _spectral_vjp_vjp if covered else None
 
 

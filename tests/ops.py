@@ -122,9 +122,9 @@ OPS = [
     Op("seb", eigpool.seb, _seb),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
-       spectra=("distinct", "repeated")),
+       second_order=True, spectra=("distinct", "repeated", "near_ties", "singular")),
     Op("sqrtm(truncate=2)", lambda S: eigpool.sqrtm(S, truncate=2), lambda S: _truncated(_sqrt(S), 2),
-       spectra=("distinct", "repeated")),
+       second_order=True, spectra=("distinct", "repeated", "near_ties")),
     Op("spectral(cbrt)", lambda S: eigpool.spectral(S, _cbrt, _cbrt_slope, positive=True), _power(1 / 3)),
     Op("spectral(x^3)", lambda S: eigpool.spectral(S, _cube, _cube_slope), lambda S: S @ S @ S, positive=False),
     Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3)),
