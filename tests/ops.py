@@ -132,17 +132,19 @@ OPS = [
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
        lambda S: np.trace(sl.expm(-S)), positive=False, tape=False),
-    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt),
-    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None),
-    Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S))),
-    Op("covariance", eigpool.covariance, _cov, kind="features"),
+    # No eigendecomposition in these: their second derivatives (the recomputed rules differentiated) are exact anywhere.
+    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt, second_order=True),
+    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None, second_order=True),
+    Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S)),
+       second_order=True),
+    Op("covariance", eigpool.covariance, _cov, kind="features", second_order=True),
     Op("pooled(gram)", lambda X: eigpool.pooled(X, path="gram"), lambda X: _sqrt(_cov(X)), kind="features"),
     Op("pooled(gram, log, triu)", lambda X: eigpool.pooled(X, "log", path="gram", triu=True),
        lambda X: _triu(sl.logm(_cov(X)).real), kind="features"),
     Op("pooled(dense, seb)", lambda X: eigpool.pooled(X, seb=True, path="dense"), lambda X: _seb(_cov(X)),
        kind="features"),
-    Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False),
-    Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector"),
+    Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False, second_order=True),
+    Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector", second_order=True),
 ]
 BY_NAME = {op.name: op for op in OPS}
 
