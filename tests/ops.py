@@ -119,7 +119,7 @@ OPS = [
     Op("powm(-1.5)", lambda S: eigpool.powm(S, -1.5), _power(-1.5), second_order=True),
     Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True),
     Op("expm_neg", eigpool.expm_neg, lambda S: sl.expm(-S), positive=False, second_order=True),
-    Op("seb", eigpool.seb, _seb),
+    Op("seb", eigpool.seb, _seb, second_order=True),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
        second_order=True, spectra=("distinct", "repeated", "near_ties", "singular")),
@@ -142,7 +142,7 @@ OPS = [
     Op("pooled(gram, log, triu)", lambda X: eigpool.pooled(X, "log", path="gram", triu=True),
        lambda X: _triu(sl.logm(_cov(X)).real), kind="features"),
     Op("pooled(dense, seb)", lambda X: eigpool.pooled(X, seb=True, path="dense"), lambda X: _seb(_cov(X)),
-       kind="features"),
+       kind="features", second_order=True),
     Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False, second_order=True),
     Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector", second_order=True),
 ]
