@@ -113,9 +113,14 @@ def diagonal_positions(xp: Any, like: Any, d: int) -> Any:
     return _constant(xp, like, _maps(d, 0, d).diagonal)
 
 
+_MASKS: dict[int, np.ndarray] = {}
+
+
 def _diagonal_mask(d: int) -> np.ndarray:
-    p = np.arange(row_offset(d, d))
-    return (row_offset(d, _row_of(d, p)) == p).astype(np.float64)
+    if d not in _MASKS:
+        p = np.arange(row_offset(d, d))
+        _MASKS[d] = (row_offset(d, _row_of(d, p)) == p).astype(np.float64)
+    return _MASKS[d]
 
 
 def diagonal_mask(xp: Any, like: Any, d: int) -> Any:
