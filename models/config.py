@@ -3,7 +3,8 @@
 Resolution order (later wins): the dataclass defaults (the embedded synthetic run, the README's main job), the preset
 named by ``--preset`` or by a ``preset:`` key in the config file, the config file (``--config PATH``), then every
 ``--key value`` flag. The resolved configuration is saved in the run folder as ``config.yaml`` and in every checkpoint.
-Command-line values are parsed as YAML scalars or lists: ``--lr-steps 50 100``, ``--pretrained none``, ``--flip false``;
+Command-line values are parsed as YAML scalars or lists: ``--lr-steps 50 100``, ``--pretrained none``, ``--flip false``
+(a switch alone is on: ``--compile``); mappings for ``--backbone-options "{output_stride: 16}"``;
 text settings (names, paths) are taken as typed. Scientific notation without a dot (``1e-3``, which YAML 1.1 reads as
 text) is a number, on the command line and in files.
 
@@ -360,9 +361,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings (may name a preset: 'preset: cub')")
     group = parser.add_argument_group("settings (override the preset and the config file)")
     for f in dataclasses.fields(Config):
-        nargs = "+" if typing.get_origin(_field_types()[f.name]) is list else None
+        hint = _field_types()[f.name]
+        # A switch given alone is on (--compile); with a value it takes it (--compile false).
+        nargs, const = {list: ("+", None), bool: ("?", "true")}.get(typing.get_origin(hint) or hint, (None, None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs=nargs, metavar="VALUE",
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs=nargs, const=const, metavar="VALUE",
                            default=argparse.SUPPRESS, help=f"{HELP[f.name]} (default: {default})")
 
 

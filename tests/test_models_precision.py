@@ -113,7 +113,7 @@ def test_fp16_run_saves_and_resumes_its_scaler(tmp_path):
 def test_two_epochs_with_bf16_and_compile_on_the_embedded_data_set(tmp_path, capsys):
     run = ["--epochs", "2", "--lr-steps", "1", "--synthetic-classes", "3", "--synthetic-train", "6",
            "--synthetic-val", "2", "--synthetic-test", "2", "--batch-size", "6", "--reduction", "4",
-           "--progress", "false", "--amp", "bf16", "--compile", "true", "--channels-last", "true",
+           "--progress", "false", "--amp", "bf16", "--compile", "--channels-last",
            "--out-dir", str(tmp_path), "--name", "compiled"]
     assert main(run) == 0
     out = capsys.readouterr().out
@@ -136,3 +136,11 @@ BAD = {
 def test_bad_precision_settings_exit_with_status_two(tmp_path, capsys, flags, message):
     assert main([*flags, "--out-dir", str(tmp_path)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_switch_given_alone_is_on():
+    from eigpool.models.config import flag_settings
+    from eigpool.models.train import build_parser
+
+    args = build_parser().parse_args(["--compile", "--channels-last", "--flip", "false", "--epochs", "3"])
+    assert flag_settings(args) == {"compile": True, "channels_last": True, "flip": False, "epochs": 3}
