@@ -1,12 +1,12 @@
 """Checkpoints written atomically: the file on disk is always a complete old version or a complete new one.
 
 A checkpoint is a dict with a format ``version`` (CHECKPOINT_VERSION), the number of completed ``epoch``s, the model,
-optimizer and scheduler states, the resolved config, the metric history, the best validation accuracy so far and its
-epoch, the class names, the GCP method of the last epoch, and the RNG states (``checkpoint_state``). Writing goes to a
-temporary file ``<name>.<random>.tmp`` in the same folder, which ``os.replace`` then moves over the target (an atomic
-rename on POSIX and Windows), so a run killed while saving never leaves a truncated checkpoint; the temporary file a
-kill leaves behind is removed when the run resumes (``eigpool.models.runs``). Every load is ``weights_only=True``: a
-tampered file cannot run code.
+optimizer and scheduler states (and the fp16 gradient scaler's), the resolved config, the metric history, the best
+validation accuracy so far and its epoch, the class names, the GCP method of the last epoch, and the RNG states
+(``checkpoint_state``). Writing goes to a temporary file ``<name>.<random>.tmp`` in the same folder, which
+``os.replace`` then moves over the target (an atomic rename on POSIX and Windows), so a run killed while saving never
+leaves a truncated checkpoint; the temporary file a kill leaves behind is removed when the run resumes
+(``eigpool.models.runs``). Every load is ``weights_only=True``: a tampered file cannot run code.
 
 ``last.pt`` is written before ``best.pt``. A kill between the two leaves a ``last.pt`` whose own epoch is the best one
 while ``best.pt`` still holds an older epoch; ``sync_best`` (run on resume) copies ``last.pt`` over ``best.pt`` in that
@@ -84,11 +84,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def checkpoint_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      config: dict[str, Any], history: list[dict[str, Any]], best: tuple[float, int | None],
-                     classes: list[str], method: str, rng: tuple[torch.Tensor, Any]) -> dict[str, Any]:
+                     classes: list[str], method: str, rng: tuple[torch.Tensor, Any],
+                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """The checkpoint dict after ``epoch`` completed epochs (module docstring); ``best``: (validation accuracy,
-    1-based epoch or None); ``method``: the GCP method of that epoch; ``rng``: (torch, Python) generator states."""
+    1-based epoch or None); ``method``: the GCP method of that epoch; ``rng``: (torch, Python) generator states;
+    ``scaler``: the gradient scaler (its state is empty when it is disabled)."""
     return {"version": CHECKPOINT_VERSION, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "config": config,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {}, "config": config,
             "history": history, "best_val_acc": best[0], "best_epoch": best[1], "classes": classes, "method": method,
             "torch_rng": rng[0], "python_rng": rng[1]}
 

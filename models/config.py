@@ -3,7 +3,8 @@
 Resolution order (later wins): the dataclass defaults (the embedded synthetic run, the README's main job), the preset
 named by ``--preset`` or by a ``preset:`` key in the config file, the config file (``--config PATH``), then every
 ``--key value`` flag. The resolved configuration is saved in the run folder as ``config.yaml`` and in every checkpoint.
-Command-line values are parsed as YAML scalars or lists: ``--lr-steps 50 100``, ``--pretrained none``, ``--flip false``;
+Command-line values are parsed as YAML scalars or lists: ``--lr-steps 50 100``, ``--pretrained none``, ``--flip false``
+(a switch alone is on: ``--compile``); mappings for ``--backbone-options "{output_stride: 16}"``;
 text settings (names, paths) are taken as typed. Scientific notation without a dot (``1e-3``, which YAML 1.1 reads as
 text) is a number, on the command line and in files.
 
@@ -33,6 +34,7 @@ from eigpool import GRADS
 from .backbones import BACKBONE_CHANNELS, BACKBONES
 from .errors import SettingsError
 from .synthetic import SYNTHETIC_VARIANTS
+from .timm_backbones import PREFIX, RESERVED_OPTIONS, check_timm_name, is_timm
 
 __all__ = ["HELP", "LIMITS", "PRESETS", "RESUMABLE", "Config", "SettingsError", "add_config_arguments",
            "check_environment", "config_from_args", "flag_settings", "load_preset", "load_yaml", "parse_yaml"]
@@ -40,7 +42,7 @@ __all__ = ["HELP", "LIMITS", "PRESETS", "RESUMABLE", "Config", "SettingsError", 
 PRESETS = ("synthetic", "cub", "cars", "aircraft")
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "folder")
 #: Settings a resumed run may change (``--resume RUN --epochs 30``); every other one is the run's own.
-RESUMABLE = ("epochs", "lr_steps", "progress", "threads", "workers")
+RESUMABLE = ("channels_last", "compile", "epochs", "lr_steps", "progress", "threads", "workers")
 
 
 @dataclass
@@ -66,8 +68,10 @@ class Config:
     flip: bool = True
     # Model
     backbone: str = "tiny"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     head: str = "gcp"
+    class_token: str = "drop"
     method: str = "eigen"
     grad: str = "exact"
     seb: bool = False
@@ -95,6 +99,10 @@ class Config:
     device: str = "cpu"
     threads: int | None = 1
     progress: bool = True
+    # Speed: mixed precision for the backbone (the head keeps its compute dtype), torch.compile, memory layout.
+    amp: str | None = None
+    compile: bool = False
+    channels_last: bool = False
 
     def validate(self) -> Config:
         """Convert every setting to its type and check it; return self. Raises SettingsError naming the setting."""
@@ -109,7 +117,7 @@ class Config:
             for v in value if isinstance(value, list) else [value]:
                 if v is not None and not test(v):
                     raise SettingsError(f"config: {key} must be {allowed}, got {v!r}")
-        for check in (_check_data, _check_head, _check_schedule):
+        for check in (_check_data, _check_backbone, _check_head, _check_schedule):
             check(self)
         return self
 
@@ -135,9 +143,14 @@ HELP = {
     "resize": "real images: resize to SIDE (short side) or HEIGHT WIDTH, in pixels",
     "crop": "real images: centre crop to this many pixels square (none: no crop)",
     "flip": "real images: random horizontal flip in training (true or false)",
-    "backbone": f"backbone network, one of {', '.join(BACKBONES)}",
-    "pretrained": "local file of torchvision ImageNet weights for the backbone (none: random initialisation)",
+    "backbone": f"backbone network, one of {', '.join(BACKBONES)}, or {PREFIX}NAME for any timm model with a feature "
+                "map or tokens (timm:convnext_tiny, timm:vit_small_patch16_224, ...)",
+    "backbone_options": "timm backbones: keyword arguments of timm.create_model, as a YAML mapping "
+                        "('{drop_path_rate: 0.1}'; {} for none)",
+    "pretrained": "local weights file for the backbone: a torchvision state dict, or a timm checkpoint (.pth, "
+                  ".safetensors) for timm: backbones (none: random initialisation)",
     "head": "pooling head: gcp (global covariance pooling) or avg (global average pooling)",
+    "class_token": "token backbones (ViT, ...): drop or keep the class token (and other prefix tokens) in the pooling",
     "method": "GCP matrix square root: eigen (eigendecomposition) or newton_schulz (iterative)",
     "grad": f"GCP eigen method: backward rule, one of {', '.join(GRADS)} (exact: Loewner formula)",
     "seb": "GCP eigen method: scaling eigen branch, output times 1 + ||R||_F (true or false)",
@@ -161,6 +174,10 @@ HELP = {
     "device": "cpu or cuda",
     "threads": "torch CPU threads per process (>= 1; none: all cores)",
     "progress": "progress bars when stderr is a terminal (true or false)",
+    "amp": "mixed precision: bf16 or fp16 autocast for the backbone (fp16 with a gradient scaler); the GCP head keeps "
+           "its compute dtype (none: float32)",
+    "compile": "torch.compile the network (true or false)",
+    "channels_last": "channels-last memory order for the network and its input images (true or false)",
 }
 
 #: Numeric limits: setting -> (test of one value, what is allowed). Lists are tested element by element, None passes.
@@ -193,8 +210,9 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _choices() -> dict[str, tuple]:
     return {"dataset": DATASETS, "variant": tuple(SYNTHETIC_VARIANTS), "bad_images": ("stop", "skip"),
-            "backbone": BACKBONES, "head": ("gcp", "avg"), "method": ("eigen", "newton_schulz"), "grad": GRADS,
-            "compute_dtype": ("float64", "float32"), "device": ("cpu", "cuda")}
+            "head": ("gcp", "avg"), "class_token": ("drop", "keep"), "method": ("eigen", "newton_schulz"),
+            "grad": GRADS, "compute_dtype": ("float64", "float32"), "device": ("cpu", "cuda"),
+            "amp": (None, "bf16", "fp16")}
 
 
 def _check_data(config: Config) -> None:
@@ -202,6 +220,23 @@ def _check_data(config: Config) -> None:
         raise SettingsError(f"config: dataset {config.dataset!r} needs data_root (the folder that holds it)")
     if len(config.resize) not in (1, 2):
         raise SettingsError(f"config: resize must be [short side] or [height, width], got {config.resize}")
+
+
+def _check_backbone(config: Config) -> None:
+    """A built-in backbone, or a timm model that builds offline; timm options only for timm backbones."""
+    if not is_timm(config.backbone):
+        if config.backbone not in BACKBONES:
+            raise SettingsError(f"config: backbone must be one of {BACKBONES} or {PREFIX}NAME (a timm model), got "
+                                f"{config.backbone!r}")
+        if config.backbone_options:
+            raise SettingsError(f"config: backbone_options {config.backbone_options} are timm.create_model arguments;"
+                                f" backbone {config.backbone!r} is not a timm model")
+        return
+    check_timm_name(config.backbone)
+    reserved = sorted(set(config.backbone_options) & set(RESERVED_OPTIONS))
+    if reserved:
+        raise SettingsError(f"config: backbone_options may not set {reserved}: eigpool builds timm models with "
+                            "pretrained=False and no classifier, and loads weights from the local file pretrained")
 
 
 def _check_head(config: Config) -> None:
@@ -218,8 +253,9 @@ def _check_head(config: Config) -> None:
     if config.hybrid and (config.method != "eigen" or not config.lr_steps):
         raise SettingsError("config: hybrid trains with Newton-Schulz and switches to method 'eigen' at the last "
                             "lr step; it needs method 'eigen' (the final method) and lr_steps")
-    d = config.reduction or BACKBONE_CHANNELS[config.backbone]
-    if config.head == "gcp" and config.truncate >= d:
+    # A timm backbone's channels are known once it is built (the factory checks truncate then).
+    d = config.reduction or BACKBONE_CHANNELS.get(config.backbone)
+    if config.head == "gcp" and d is not None and config.truncate >= d:
         raise SettingsError(f"config: truncate must be smaller than the covariance size d = {d} (reduction "
                             f"{config.reduction}, backbone {config.backbone!r}), got {config.truncate}")
 
@@ -238,8 +274,14 @@ def _is_text(hint: Any) -> bool:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert a YAML/CLI value to the field's declared type (int, float, bool, str, list[int], or X | None)."""
+    """Convert a YAML/CLI value to the field's declared type (int, float, bool, str, list[int], a mapping, or
+    X | None)."""
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SettingsError(f"config: {key} must be a mapping of names to values (YAML: '{{depth: 2}}'), got "
+                                f"{value!r}")
+        return dict(value)
     if isinstance(hint, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
@@ -319,9 +361,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings (may name a preset: 'preset: cub')")
     group = parser.add_argument_group("settings (override the preset and the config file)")
     for f in dataclasses.fields(Config):
-        nargs = "+" if typing.get_origin(_field_types()[f.name]) is list else None
+        hint = _field_types()[f.name]
+        # A switch given alone is on (--compile); with a value it takes it (--compile false).
+        nargs, const = {list: ("+", None), bool: ("?", "true")}.get(typing.get_origin(hint) or hint, (None, None))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs=nargs, metavar="VALUE",
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, nargs=nargs, const=const, metavar="VALUE",
                            default=argparse.SUPPRESS, help=f"{HELP[f.name]} (default: {default})")
 
 

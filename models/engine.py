@@ -4,7 +4,9 @@ Divergence: a training step stops the run with ``TrainingDiverged`` (naming the 
 applied when its loss or gradient norm is NaN or infinite, or when its forward pass fails on non-finite values (NaN or
 inf in the input batch or the parameters, or a GCP head that refuses non-finite features: eigpool's value checks
 raise ValueError, ``torch.linalg.eigh`` fails to converge). An evaluation whose outputs are not finite raises
-``NonFiniteOutputs``. Under torchrun every process takes the same decision at the same step.
+``NonFiniteOutputs``. Under torchrun every process takes the same decision at the same step. With ``amp: fp16`` the
+gradient scaler (``build_scaler``) owns non-finite gradients: a step whose scaled gradients overflow is skipped and the
+scale lowered, as mixed-precision training expects; a non-finite loss still stops the run.
 
 Unreadable images: every batch's ``Skipped`` items go through ``data.handle_skipped`` (stop or skip), and a
 ``SkipLog`` announces each skipped path once per run and counts them per split and epoch.
@@ -31,8 +33,8 @@ from .data import Skipped, collate_skipping, handle_skipped
 from .heads import FGVCNet
 
 __all__ = ["Distributed", "Evaluation", "NonFiniteOutputs", "SkipLog", "TrainingDiverged", "build_optimizer",
-           "build_scheduler", "epoch_seed", "evaluate", "make_loader", "setup_distributed", "sum_across",
-           "train_epoch"]
+           "build_scaler", "build_scheduler", "epoch_seed", "evaluate", "make_loader", "setup_distributed",
+           "sum_across", "train_epoch"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,6 +99,11 @@ def build_optimizer(config: Config, model: FGVCNet) -> torch.optim.Optimizer:
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.MultiStepLR:
     """Step decay: the learning rates times ``lr_gamma`` after each epoch of ``lr_steps``."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_steps, gamma=config.lr_gamma)
+
+
+def build_scaler(config: Config, device: torch.device) -> torch.amp.GradScaler:
+    """The gradient scaler of fp16 mixed precision; disabled (a no-op, empty state) for every other ``amp``."""
+    return torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
 
 def make_loader(dataset: Dataset, config: Config, ctx: Distributed, *, epoch: int | None) -> DataLoader:
@@ -181,8 +188,10 @@ def _agree(ctx: Distributed, failed: bool) -> bool:
 
 
 def _step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-          params: list[torch.Tensor], config: Config, ctx: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step; returns (logits, loss). Raises NonFiniteOutputs, before the update, on a non-finite value."""
+          params: list[torch.Tensor], config: Config, ctx: Distributed,
+          scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns (logits, loss). Raises NonFiniteOutputs, before the update, on a non-finite value (an
+    enabled ``scaler`` skips the steps whose gradients overflow instead)."""
     failure = None
     try:
         logits = _forward(net, images)
@@ -192,21 +201,26 @@ def _step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer:
         raise NonFiniteOutputs(failure or "another process met NaN or inf in its forward pass")
     loss = nn.functional.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     # clip_grad_norm_ with max_norm=inf only measures the norm: the finiteness check needs it either way.
     grad_norm = nn.utils.clip_grad_norm_(params, config.clip_grad_norm or math.inf)
-    bad = not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm))
+    bad = not (torch.isfinite(loss.detach()) and (scaler.is_enabled() or torch.isfinite(grad_norm)))
     if _agree(ctx, bad):
         data = "the input batch contains NaN or inf: " if not _finite(images) else ""
         raise NonFiniteOutputs(f"{data}loss {loss.item():.6g}, gradient norm {grad_norm.item():.6g} (non-finite)")
-    optimizer.step()
+    scaler.step(optimizer)  # with the scaler enabled: skipped when the gradients overflowed
+    scaler.update()
     return logits, loss
 
 
 def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, config: Config,
-                ctx: Distributed, device: torch.device, epoch: int, skips: SkipLog) -> dict[str, float]:
+                ctx: Distributed, device: torch.device, epoch: int, skips: SkipLog,
+                scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """Train ``net`` for one epoch (0-based ``epoch``); returns the metric row's training columns, summed over
-    processes. Raises TrainingDiverged (epoch and step named) before a step with a non-finite value is applied."""
+    processes. Raises TrainingDiverged (epoch and step named) before a step with a non-finite value is applied.
+    ``scaler``: the run's gradient scaler (``build_scaler``; default: a disabled one)."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     net.train()
     loss_sum, correct, count, skipped = 0.0, 0.0, 0, [0]
     bar = _progress(len(loader), f"epoch {epoch + 1}/{config.epochs} train", config, ctx)
@@ -215,7 +229,7 @@ def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
     try:
         for step, (images, labels) in enumerate(_batches(loader, device, "train", skips, skipped, bar)):
             try:
-                logits, loss = _step(net, images, labels, optimizer, params, config, ctx)
+                logits, loss = _step(net, images, labels, optimizer, params, config, ctx, scaler)
             except NonFiniteOutputs as err:
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1}, step {step + 1}: {err}; the step "
                                        "was not applied") from None

@@ -46,7 +46,8 @@ class TrainResult:
 def _default_name(config: Config) -> str:
     head = "avg" if config.head == "avg" else ("hybrid" if config.hybrid else config.method)
     data = f"{config.dataset}-{config.variant}" if config.dataset == "synthetic" else config.dataset
-    return f"{data}-{config.backbone}-{head}-{time.strftime('%Y%m%d-%H%M%S')}"
+    backbone = config.backbone.replace(":", "-")  # timm:NAME; a colon is not valid in every file system's names
+    return f"{data}-{backbone}-{head}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _claim(config: Config) -> str:

@@ -11,7 +11,8 @@ same result as an uninterrupted one: every epoch reseeds its shuffling and augme
 checkpoint carries the model, optimizer and scheduler states; ``--epochs``, ``--lr-steps`` (future steps only),
 ``--threads``, ``--workers`` and ``--progress`` may change on resume, every other setting is the run's own.
 
-The steps of ``train``: setup (process group, threads, seed) -> data -> model -> optimizer -> run folder or resume ->
+The steps of ``train``: setup (process group, threads, seed) -> data -> model -> optimizer (and the fp16 gradient
+scaler) -> run folder or resume -> compilation (``--compile``: the training network, and the model that evaluates) ->
 per epoch (hybrid method switch, train, evaluate, schedule, record) -> summary. The network comes from factory.py,
 the epoch and the evaluation from engine.py, the files from runs.py and checkpoint.py. Every user error (a setting,
 a file, the data, a diverged run) ends with a message and exit status 2.
@@ -39,6 +40,7 @@ from .engine import (
     SkipLog,
     TrainingDiverged,
     build_optimizer,
+    build_scaler,
     build_scheduler,
     epoch_seed,
     evaluate,
@@ -95,11 +97,12 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
                           pretrained=ckpt is None).to(device)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
+    scaler = build_scaler(config, device)
     history: list[dict[str, Any]] = []
     best: tuple[float, int | None] = (-1.0, None)
     if ckpt:
         run_dir = os.path.dirname(os.path.abspath(resume)) if os.path.isfile(resume) else resume
-        history, best = _restore(ckpt, resume, model, optimizer, scheduler)
+        history, best = _restore(ckpt, resume, model, optimizer, scheduler, scaler)
         scheduler.milestones = Counter(config.lr_steps)  # a resume may add future steps
         if ctx.main:
             _repair_run_dir(run_dir, ckpt, resume, config)
@@ -118,6 +121,10 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
     net = model
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Compiled wrappers share the model's parameters; checkpoints keep saving the model itself (no _orig_mod. keys).
+    runner = torch.compile(model) if config.compile else model
+    if config.compile:
+        net = torch.compile(net) if ctx.enabled else runner
     skips = SkipLog(config.bad_images)
     current_method = method_for_epoch(config, start_epoch)
     for epoch in range(start_epoch, config.epochs):
@@ -130,12 +137,12 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
         row: dict[str, Any] = {"epoch": epoch + 1, "method": method, "lr": optimizer.param_groups[0]["lr"]}
         try:
             loader = make_loader(splits.train, config, ctx, epoch=epoch)
-            row |= train_epoch(net, loader, optimizer, config, ctx, device, epoch, skips)
+            row |= train_epoch(net, loader, optimizer, config, ctx, device, epoch, skips, scaler)
             if ctx.enabled:
                 # Every process evaluates its shard with the same BatchNorm statistics: rank 0's.
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-            row |= _evaluate_splits(model, splits, config, device, ctx, skips)
+            row |= _evaluate_splits(runner, splits, config, device, ctx, skips)
         except (TrainingDiverged, NonFiniteOutputs) as err:
             text = str(err) if isinstance(err, TrainingDiverged) else f"training diverged in epoch {epoch + 1}: {err}"
             raise _diverged(text, epoch, run_dir, config) from None
@@ -147,7 +154,7 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
         if ctx.main:
             state = checkpoint_state(epoch=epoch + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                                      config=config.to_dict(), history=history, best=best, classes=splits.classes,
-                                     method=method, rng=(torch.get_rng_state(), random.getstate()))
+                                     method=method, rng=(torch.get_rng_state(), random.getstate()), scaler=scaler)
             record_epoch(run_dir, state, history, is_best)
             print(epoch_line(row, config), flush=True)
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < config.epochs:
@@ -156,12 +163,14 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
 
 
 def _restore(ckpt: dict[str, Any], resume: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> tuple[list[dict[str, Any]], tuple[float, int | None]]:
+             scheduler: Any, scaler: torch.amp.GradScaler) -> tuple[list[dict[str, Any]], tuple[float, int | None]]:
     """Load the states of a checkpoint; returns (history, best). Raises CheckpointError if they do not fit."""
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler.is_enabled():  # amp fp16 (a resume keeps the run's amp)
+            scaler.load_state_dict(ckpt["scaler"])
         # Each epoch reseeds from (seed, epoch); the generators are restored too, for code that draws outside epochs.
         torch.set_rng_state(ckpt["torch_rng"])
         random.setstate(ckpt["python_rng"])
