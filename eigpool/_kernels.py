@@ -67,7 +67,7 @@ def _pairs(xp: Any, l: Any) -> tuple[Any, Any, Any]:
 
 def _positive(xp: Any, l: Any) -> Any:
     """Eigenvalues of a PSD matrix made strictly positive for the ratio-based kernels."""
-    return xp.clip(l, float(xp.finfo(l.dtype).smallest_normal), None)
+    return xp.maximum(l, float(xp.finfo(l.dtype).smallest_normal))
 
 
 def _antisymmetric(xp: Any, upper: Any, k: Any) -> Any:
@@ -93,7 +93,7 @@ def _exact_kernel(xp: Any, l: Any, *, tie_tol: Any) -> Any:
 
 
 def _clip_kernel(xp: Any, l: Any, *, tie_tol: Any, threshold: float = 1e10) -> Any:
-    return xp.clip(_exact_kernel(xp, l, tie_tol=tie_tol), -threshold, threshold)
+    return xp.minimum(xp.maximum(_exact_kernel(xp, l, tie_tol=tie_tol), -threshold), threshold)
 
 
 def _taylor_kernel(xp: Any, l: Any, *, tie_tol: Any, degree: int = 100) -> Any:

@@ -77,11 +77,17 @@ _BY_TYPE: dict[type, Backend] = {}
 _NAMESPACES: dict[type, Any] = {}
 
 
-def register_backend(name: str, backend: Backend) -> None:
+def register_backend(name: str, backend: Backend, examples: tuple = ()) -> None:
     """Register the binder of the framework named ``name``: the top-level module of its array type or the name of
-    its array API namespace (e.g. "torch")."""
+    its array API namespace (e.g. "torch"). ``examples``: arrays of the framework's common types (a tensor, a
+    parameter), whose type and namespace are cached now, so that a first call under a tracing compiler finds them
+    (a cache filled while Dynamo traces makes it recompile)."""
     _BACKENDS[name] = backend
-    _BY_TYPE.clear()
+    for kind in [k for k, b in _BY_TYPE.items() if b is EAGER]:
+        del _BY_TYPE[kind]  # types looked up before this registration may be this framework's
+    for x in examples:
+        _BY_TYPE[type(x)] = backend
+        namespace_of(x)
 
 
 def namespace_of(x: Any) -> Any:

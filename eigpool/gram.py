@@ -59,8 +59,9 @@ from .covariance import check_features, covariance_p
 from .newton_schulz import newton_schulz_p
 from .spectral import seb_gain_slope, spectral_p
 from .triu import diagonal_mask, diagonal_positions, pack_rows, triu_vec_p, unpack_rows
+from .triu import prepare as prepare_triangle
 
-__all__ = ["PATHS", "gram_spectral_p", "pooled", "pooled_spec", "resolve_path"]
+__all__ = ["PATHS", "gram_spectral_p", "pooled", "pooled_spec", "prepare", "resolve_path"]
 
 #: Values of ``path=``: "auto" (the Gram route when N < d), "dense" (d x d eigendecomposition), "gram".
 PATHS = ("auto", "dense", "gram")
@@ -173,7 +174,7 @@ def _gram_forward(xp: Any, X: Any, *, spec: GramSpec) -> tuple[tuple, _GramResid
     Y = Xc @ V
     # The floor is that of S (d x d, compute dtype): its spectrum's scale is the Gram matrix's.
     rel = spec.spectral.floor.relative(d, float(xp.finfo(mu.dtype).eps))
-    tau = xp.clip(rel * max_abs(xp, mu), float(xp.finfo(mu.dtype).smallest_normal), None)
+    tau = xp.maximum(rel * max_abs(xp, mu), float(xp.finfo(mu.dtype).smallest_normal))
     above = mu >= tau
     m = xp.maximum(mu, tau)
     n_floored = d - xp.sum(xp.astype(above, mu.dtype), axis=-1, keepdims=True)
@@ -215,6 +216,13 @@ def _gram_forward(xp: Any, X: Any, *, spec: GramSpec) -> tuple[tuple, _GramResid
 
 def _row_blocks(d: int) -> list[tuple[int, int]]:
     return [(a, min(a + BLOCK_ROWS, d)) for a in range(0, d, BLOCK_ROWS)]
+
+
+def prepare(d: int) -> None:
+    """Build now the triangle's index maps that GCP on d channels uses (the whole matrix, the Gram route's row blocks,
+    the diagonal): a layer calls this when it is built, so that the first call under ``torch.compile`` reads cached
+    constants instead of filling the cache while traced (which makes Dynamo compile a second time)."""
+    prepare_triangle(d, [(0, d), *_row_blocks(d)])
 
 
 def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:

@@ -57,7 +57,7 @@ def newton_schulz(S: Any, spec: NewtonSchulzSpec, *, op: str = "newton_schulz") 
 def _ns_forward(xp: Any, S: Any, *, spec: NewtonSchulzSpec) -> tuple[tuple, tuple]:
     # The trace is at least the smallest normal number, so S = 0 (a sample whose channels are all dead) gives 0, its
     # square root, instead of 0 / 0 (ns_sqrtm itself refuses a zero trace; layers reach S = 0 from constant features).
-    t = xp.clip(xp.linalg.trace(S), float(xp.finfo(S.dtype).smallest_normal), None)[..., None, None]
+    t = xp.maximum(xp.linalg.trace(S), float(xp.finfo(S.dtype).smallest_normal))[..., None, None]
     eye = eye_like(xp, S)
     Y, Z = S / t, eye
     Ys, Zs, Ts = [Y], [Z], []

@@ -163,7 +163,7 @@ def reshape_spectrum(xp: Any, spec: SpectralSpec, l: Any, U: Any) -> Spectrum:
     m, above, tau, keep = l, None, None, None
     if spec.floor is not None:
         rel = spec.floor.relative(d, float(xp.finfo(l.dtype).eps))
-        tau = xp.clip(rel * max_abs(xp, l), float(xp.finfo(l.dtype).smallest_normal), None)
+        tau = xp.maximum(rel * max_abs(xp, l), float(xp.finfo(l.dtype).smallest_normal))
         m, above = xp.maximum(l, tau), l >= tau
     if spec.truncate:
         keep = arange_like(xp, l, d) >= spec.truncate

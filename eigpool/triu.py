@@ -20,7 +20,8 @@ from ._primitive import Primitive, bind
 from ._spec import ComputeSpec
 from ._xp import cast, device_of
 
-__all__ = ["pack_rows", "row_offset", "triu_unvec", "triu_unvec_p", "triu_vec", "triu_vec_p", "unpack_rows"]
+__all__ = ["diagonal_mask", "diagonal_positions", "pack_rows", "prepare", "row_offset", "triu_unvec", "triu_unvec_p",
+           "triu_vec", "triu_vec_p", "unpack_rows"]
 
 _SPEC = ComputeSpec(None)
 
@@ -86,6 +87,13 @@ def _maps(d: int, a: int, b: int) -> _Maps:
         _MAPS[key] = _Maps((row * m + row + p - row_offset(m, row)).astype(dtype), mirror.astype(dtype), ~above,
                            row_offset(m, np.arange(r)).astype(dtype))
     return _MAPS[key]
+
+
+def prepare(d: int, blocks: list[tuple[int, int]]) -> None:
+    """Build the maps of the row blocks ``blocks`` ((a, b) pairs) of a d x d matrix and its diagonal mask now."""
+    for a, b in blocks:
+        _maps(d, a, b)
+    _diagonal_mask(d)
 
 
 def _row_of(m: int, p: np.ndarray) -> np.ndarray:

@@ -59,12 +59,22 @@ class _Linalg:
 class _Namespace:
     """The array API namespace the rules run in: array_api_compat's torch namespace, with the two functions whose
     aten operators have no batching rule in PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) bound to
-    the equivalent ones that have: ``concat`` (aten::concat -> torch.cat) and ``linalg.diagonal``."""
+    the equivalent ones that have (``concat`` -> torch.cat, ``linalg.diagonal``), and ``maximum``/``minimum`` with a
+    Python scalar bound to ``torch.clamp`` (array_api_compat promotes the scalar with ``torch.result_type``, which
+    Dynamo cannot trace)."""
 
     linalg = _Linalg()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(compat_torch, name)
+
+    @staticmethod
+    def maximum(x1: Tensor, x2: Any, /) -> Tensor:
+        return torch.clamp(x1, min=x2) if isinstance(x2, (int, float)) else compat_torch.maximum(x1, x2)
+
+    @staticmethod
+    def minimum(x1: Tensor, x2: Any, /) -> Tensor:
+        return torch.clamp(x1, max=x2) if isinstance(x2, (int, float)) else compat_torch.minimum(x1, x2)
 
     @staticmethod
     def concat(arrays: Any, /, *, axis: int | None = 0) -> Tensor:
@@ -369,4 +379,4 @@ def _second_order(ctx: Any, ws: tuple) -> list:
     return out
 
 
-register_backend("torch", Backend(bind, concrete))
+register_backend("torch", Backend(bind, concrete), examples=(torch.empty(0), torch.nn.Parameter(torch.empty(0))))

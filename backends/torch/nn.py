@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from eigpool._spec import NewtonSchulzSpec, SpectralSpec, compute_spec, newton_schulz_spec, resolve_spectral
 from eigpool.covariance import covariance
-from eigpool.gram import PATHS, pooled_from_spec
+from eigpool.gram import PATHS, pooled_from_spec, prepare
 from eigpool.newton_schulz import newton_schulz
 from eigpool.spectral import matrix_function
 
@@ -158,6 +158,7 @@ class GCPHead(nn.Module):
                                         truncate=truncate, seb=seb, compute_dtype=compute_dtype,
                                         kernel_options=kernel_options)
         self.out_features = self.dim * (self.dim + 1) // 2
+        prepare(self.dim)
 
     @property
     def compute_dtype(self) -> str | None:
