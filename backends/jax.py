@@ -4,11 +4,14 @@
 its binder. Each eigpool primitive becomes three JAX primitives, built once from its forward and VJP rules, which run on
 ``jax.numpy`` (an array API namespace):
 
-- ``fwd``: the forward rule. Its JVP rule is ``lin``; it is lowered for ``jit`` from the same rule, and batched for
-  ``vmap`` by moving the mapped axis to the front (every rule is batched over leading axes).
-- ``lin`` (x, t) -> J(x) t: linear in t, evaluated as the transpose of the VJP rule (``jax.linear_transpose``: the VJP
-  rule is linear in its cotangent). Its transpose is ``vjp``.
-- ``vjp`` (x, c) -> J(x)^T c: the VJP rule. Its transpose is ``lin``.
+- ``fwd``: the forward rule; it returns its outputs, then its residuals' arrays (which carry no tangent). Its JVP rule
+  is ``lin``; it is lowered for ``jit`` from the same rule, and batched for ``vmap`` by moving the mapped axis to the
+  front (every rule is batched over leading axes).
+- ``lin`` (x, residuals, t) -> J(x) t: linear in t, evaluated as the transpose of the VJP rule
+  (``jax.linear_transpose``: the VJP rule is linear in its cotangent). Its transpose is ``vjp``.
+- ``vjp`` (x, residuals, c) -> J(x)^T c: the VJP rule. Its transpose is ``lin``.
+The residuals are passed on, not recomputed: eager ``jax.grad`` decomposes once (under ``jit`` XLA would merge the two
+decompositions, eagerly nothing does).
 
 So ``jax.grad``, ``vjp``, ``jacrev`` (reverse) and ``jvp``, ``jacfwd`` (forward) all reach the primitive's own rules,
 and nothing is differentiated through ``jnp.linalg.eigh`` (whose JVP is NaN at repeated eigenvalues, jax-ml/jax#669).
@@ -66,14 +69,51 @@ class _Primitives:
     vjp: JaxPrimitive
 
 
-def _split(args: tuple, n_inputs: int) -> tuple[tuple, tuple]:
-    return args[:n_inputs], args[n_inputs:]
+@dataclass(frozen=True)
+class _Layout:
+    """How a primitive's residuals travel between the JAX primitives: ``fwd`` returns their array leaves after its
+    outputs, ``lin`` and ``vjp`` take them after the inputs. ``tree``: the residuals' structure; ``static``: the leaves
+    that are not arrays (an int, a None), in place, with None where an array goes; ``n_arrays``: how many arrays."""
+
+    tree: Any
+    static: tuple
+    n_arrays: int
+
+    def unflatten(self, arrays: tuple) -> Any:
+        it = iter(arrays)
+        return jax.tree.unflatten(self.tree, [next(it) if leaf is None else leaf for leaf in self.static])
 
 
-def _diff_vjp(p: Primitive, spec: Any, xs: tuple, cts: tuple, residuals: Any = None) -> tuple:
-    """J(x)^T c for the differentiable inputs (the VJP rule, residuals recomputed if not given)."""
-    if residuals is None:
-        _, residuals = p.forward(xp, *xs, spec=spec)
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, jax.core.Tracer)) or hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+
+
+def _residual_arrays(residuals: Any) -> list:
+    return [leaf for leaf in jax.tree.leaves(residuals) if _is_array(leaf)]
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}
+
+
+def _layout(p: Primitive, spec: Any, xs: tuple) -> _Layout:
+    """The residual layout of ``p`` for inputs of these shapes and dtypes (found by an abstract evaluation, cached)."""
+    key = (p, spec, tuple((tuple(x.shape), str(x.dtype)) for x in xs))
+    if key not in _LAYOUTS:
+        found: dict[str, Any] = {}
+
+        def forward(*a: Any) -> list:
+            _, residuals = p.forward(xp, *a, spec=spec)
+            leaves, found["tree"] = jax.tree.flatten(residuals)
+            found["static"] = tuple(None if _is_array(leaf) else leaf for leaf in leaves)
+            return _residual_arrays(residuals)
+
+        arrays = jax.eval_shape(forward, *[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs])
+        _LAYOUTS[key] = _Layout(found["tree"], found["static"], len(arrays))
+    return _LAYOUTS[key]
+
+
+def _diff_vjp(p: Primitive, spec: Any, residuals: Any, cts: tuple) -> tuple:
+    """J(x)^T c for the differentiable inputs (the VJP rule on the forward's residuals)."""
     out = p.vjp(xp, residuals, *cts, spec=spec)
     return tuple(out[i] for i in p.differentiable)
 
@@ -88,35 +128,41 @@ def _arrays(args: tuple) -> tuple:
 
 
 def _fwd_impl(p: Primitive, *xs: Any, spec: Any) -> list:
-    return list(p.forward(xp, *_arrays(xs), spec=spec)[0])
+    outs, residuals = p.forward(xp, *_arrays(xs), spec=spec)
+    return [*outs, *_residual_arrays(residuals)]
 
 
-def _lin_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int) -> list:
-    xs, ts = _split(_arrays(args), n_inputs)
-    outs, residuals = p.forward(xp, *xs, spec=spec)
-    transpose = jax.linear_transpose(lambda *cts: _diff_vjp(p, spec, xs, cts, residuals),
-                                     *_examples(outs[:p.n_outputs]))
+def _parts(args: tuple, n_inputs: int, layout: _Layout) -> tuple[tuple, Any, tuple]:
+    """(inputs, residuals, linear arguments) of a ``lin`` or ``vjp`` call."""
+    args = _arrays(args)
+    n = n_inputs + layout.n_arrays
+    return args[:n_inputs], layout.unflatten(args[n_inputs:n]), args[n:]
+
+
+def _lin_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
+    xs, residuals, ts = _parts(args, n_inputs, layout)
+    transpose = jax.linear_transpose(lambda *cts: _diff_vjp(p, spec, residuals, cts),
+                                     *_examples(_output_avals(p, xs, spec)))
     return list(transpose(tuple(ts)))
 
 
-def _vjp_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int) -> list:
-    xs, cts = _split(_arrays(args), n_inputs)
-    return list(_diff_vjp(p, spec, xs, cts))
+def _vjp_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
+    _, residuals, cts = _parts(args, n_inputs, layout)
+    return list(_diff_vjp(p, spec, residuals, cts))
 
 
-def _second(p: Primitive, spec: Any, xs: tuple, cts: tuple, ws: tuple) -> tuple:
+def _second(p: Primitive, spec: Any, xs: tuple, residuals: Any, cts: tuple, ws: tuple) -> tuple:
     """R(c, w) = d/dx <w, J(x)^T c> for the differentiable inputs ([Note: JAX second order])."""
-    xs, cts, ws = _arrays(xs), _arrays(cts), _arrays(ws)
+    cts, ws = _arrays(cts), _arrays(ws)
     rule = p.second_order(spec) if p.second_order is not None else None
     if rule is not None:
-        _, residuals = p.forward(xp, *xs, spec=spec)
         return tuple(rule(xp, residuals, cts, *ws, spec=spec)[:len(p.differentiable)])
 
     def at(*diff: Any) -> tuple:
         full = list(xs)
         for i, x in zip(p.differentiable, diff, strict=True):
             full[i] = x
-        return _diff_vjp(p, spec, tuple(full), cts)
+        return _diff_vjp(p, spec, p.forward(xp, *full, spec=spec)[1], cts)
 
     _, pullback = jax.vjp(at, *[xs[i] for i in p.differentiable])
     return pullback(tuple(ws))
@@ -125,6 +171,10 @@ def _second(p: Primitive, spec: Any, xs: tuple, cts: tuple, ws: tuple) -> tuple:
 def _zeros(tangents: Any) -> list:
     """Symbolic zero tangents or cotangents as arrays of zeros."""
     return [ad.instantiate_zeros(t) for t in tangents]
+
+
+def _no_tangent(x: Any) -> Any:
+    return ad.Zero(jax.typeof(x).to_tangent_aval())
 
 
 @cache
@@ -141,44 +191,52 @@ def _primitives(p: Primitive) -> _Primitives:
         mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=True))
         batching.primitive_batchers[prim] = _batcher(prim)
     diff = p.differentiable
+    n_out = p.n_outputs + p.aux_outputs
 
     def fwd_jvp(primals: tuple, tangents: tuple, *, spec: Any) -> tuple:
-        outs = prims.fwd.bind(*primals, spec=spec)
         for i, t in enumerate(tangents):
             if i not in diff and not isinstance(t, ad.Zero):
                 raise NotImplementedError(f"{p.name}: a derivative through input {i}, which has no derivative rule")
+        out = prims.fwd.bind(*primals, spec=spec)
+        residuals = out[n_out:]
         ts = _zeros([tangents[i] for i in diff])
-        out_t = prims.lin.bind(*primals, *ts, spec=spec, n_inputs=len(primals))
-        return outs, [*out_t, *[jnp.zeros_like(y) for y in outs[p.n_outputs:]]]
+        params = dict(spec=spec, n_inputs=len(primals), layout=_layout(p, spec, primals))
+        out_t = prims.lin.bind(*primals, *residuals, *ts, **params)
+        # The residuals carry no tangent: the rules of lin and vjp differentiate through the inputs themselves.
+        return out, [*out_t, *[_no_tangent(y) for y in out[p.n_outputs:]]]
 
-    def lin_transpose(cts: list, *args: Any, spec: Any, n_inputs: int) -> list:
-        xs = args[:n_inputs]
-        return [None] * n_inputs + list(prims.vjp.bind(*xs, *_zeros(cts), spec=spec, n_inputs=n_inputs))
+    def lin_transpose(cts: list, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
+        fixed = args[:n_inputs + layout.n_arrays]
+        grads = prims.vjp.bind(*fixed, *_zeros(cts), spec=spec, n_inputs=n_inputs, layout=layout)
+        return [None] * len(fixed) + list(grads)
 
-    def vjp_transpose(cts: list, *args: Any, spec: Any, n_inputs: int) -> list:
-        xs = args[:n_inputs]
-        return [None] * n_inputs + list(prims.lin.bind(*xs, *_zeros(cts), spec=spec, n_inputs=n_inputs))
+    def vjp_transpose(cts: list, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
+        fixed = args[:n_inputs + layout.n_arrays]
+        return [None] * len(fixed) + list(prims.lin.bind(*fixed, *_zeros(cts), spec=spec, n_inputs=n_inputs,
+                                                           layout=layout))
 
-    def lin_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int) -> tuple:
-        xs, ts = primals[:n_inputs], primals[n_inputs:]
-        dxs, dts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n_inputs:])
-        out = prims.lin.bind(*primals, spec=spec, n_inputs=n_inputs)
+    def lin_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int, layout: _Layout) -> tuple:
+        xs, residuals, ts = _parts(primals, n_inputs, layout)
+        n = n_inputs + layout.n_arrays
+        dxs, dts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n:])
+        out = prims.lin.bind(*primals, spec=spec, n_inputs=n_inputs, layout=layout)
         # D^2 F(x)[t, dx] = (c -> R(c, dx))^T t
-        transpose = jax.linear_transpose(lambda *c: _second(p, spec, xs, c, tuple(dxs)),
+        transpose = jax.linear_transpose(lambda *c: _second(p, spec, xs, residuals, c, tuple(dxs)),
                                          *_examples(_output_avals(p, xs, spec)))
         second = transpose(tuple(ts))
-        first = prims.lin.bind(*xs, *dts, spec=spec, n_inputs=n_inputs)
+        first = prims.lin.bind(*primals[:n], *dts, spec=spec, n_inputs=n_inputs, layout=layout)
         return out, [a + b for a, b in zip(second, first, strict=True)]
 
-    def vjp_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int) -> tuple:
-        xs, cts = primals[:n_inputs], primals[n_inputs:]
-        dxs, dcts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n_inputs:])
-        out = prims.vjp.bind(*primals, spec=spec, n_inputs=n_inputs)
+    def vjp_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int, layout: _Layout) -> tuple:
+        xs, residuals, cts = _parts(primals, n_inputs, layout)
+        n = n_inputs + layout.n_arrays
+        dxs, dcts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n:])
+        out = prims.vjp.bind(*primals, spec=spec, n_inputs=n_inputs, layout=layout)
         # d/dx [J(x)^T c] dx = (w -> R(c, w))^T dx
-        transpose = jax.linear_transpose(lambda *w: _second(p, spec, xs, tuple(cts), w),
+        transpose = jax.linear_transpose(lambda *w: _second(p, spec, xs, residuals, tuple(cts), w),
                                          *_examples(tuple(xs[i] for i in diff)))
         second = transpose(tuple(dxs))
-        first = prims.vjp.bind(*xs, *dcts, spec=spec, n_inputs=n_inputs)
+        first = prims.vjp.bind(*primals[:n], *dcts, spec=spec, n_inputs=n_inputs, layout=layout)
         return out, [a + b for a, b in zip(second, first, strict=True)]
 
     ad.primitive_jvps[prims.fwd] = fwd_jvp
@@ -197,12 +255,17 @@ def _output_avals(p: Primitive, xs: tuple, spec: Any) -> tuple:
 
 def _batcher(prim: JaxPrimitive) -> Any:
     def rule(args: tuple, dims: tuple, **params: Any) -> tuple:
-        # Every rule is batched over leading axes: the mapped axis goes first; unmapped arguments are broadcast.
+        # Every rule is batched over leading axes: the mapped axis goes first; unmapped arguments are broadcast. An
+        # output that does not depend on the batch (a truncation mask, Newton-Schulz's identity) has no batch axis:
+        # the per-example evaluation tells which.
         size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+        single = [jax.ShapeDtypeStruct(a.shape if d is None else a.shape[:d] + a.shape[d + 1:], a.dtype)
+                  for a, d in zip(args, dims, strict=True)]
         args = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (size, *a.shape))
                 for a, d in zip(args, dims, strict=True)]
         outs = prim.bind(*args, **params)
-        return outs, [0] * len(outs)
+        expected = jax.eval_shape(lambda *a: prim.bind(*a, **params), *single)
+        return outs, [0 if y.ndim > e.ndim else None for y, e in zip(outs, expected, strict=True)]
 
     return rule
 
@@ -230,7 +293,7 @@ def bind(p: Primitive, inputs: tuple, spec: Any) -> tuple:
     dtype = inputs[0].dtype
     cdtype = _compute_dtype(dtype, spec.compute_dtype)
     outs = _primitives(p).fwd.bind(*[x.astype(cdtype) for x in inputs], spec=spec)
-    return (*[y.astype(dtype) for y in outs[:p.n_outputs]], *outs[p.n_outputs:])
+    return (*[y.astype(dtype) for y in outs[:p.n_outputs]], *outs[p.n_outputs:p.n_outputs + p.aux_outputs])
 
 
 def concrete(x: Any) -> bool:

@@ -111,6 +111,8 @@ class Op:
     spectra: tuple[str, ...] = field(default_factory=lambda: tuple(SPECTRA))
 
 
+_NO_TIES = ("distinct", "scalar")
+
 OPS = [
     Op("sqrtm", eigpool.sqrtm, _sqrt, second_order=True),
     Op("invsqrtm", eigpool.invsqrtm, lambda S: np.linalg.inv(_sqrt(S)), second_order=True),
@@ -132,11 +134,12 @@ OPS = [
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
        lambda S: np.trace(sl.expm(-S)), positive=False, tape=False),
-    # No eigendecomposition in these: their second derivatives (the recomputed rules differentiated) are exact anywhere.
-    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt, second_order=True),
-    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None, second_order=True),
+    # No eigendecomposition in these: their derivatives do not see ties (the recomputed rules differentiated are exact
+    # anywhere), so two spectra suffice, one a scalar matrix.
+    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt, second_order=True, spectra=_NO_TIES),
+    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None, second_order=True, spectra=_NO_TIES),
     Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S)),
-       second_order=True),
+       second_order=True, spectra=_NO_TIES),
     Op("covariance", eigpool.covariance, _cov, kind="features", second_order=True),
     Op("pooled(gram)", lambda X: eigpool.pooled(X, path="gram"), lambda X: _sqrt(_cov(X)), kind="features"),
     Op("pooled(gram, log, triu)", lambda X: eigpool.pooled(X, "log", path="gram", triu=True),
