@@ -35,8 +35,8 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from ._xp import cast
 
-__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "namespace_of", "register_backend",
-           "run_vjp", "vjp"]
+__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "compute_dtypes_of", "namespace_of",
+           "register_backend", "run_vjp", "vjp"]
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,29 @@ def load_backends_of_imported_frameworks() -> None:
                 continue
 
 
+#: The complex dtype whose real and imaginary parts have the named real precision.
+_COMPLEX_OF = {"float32": "complex64", "float64": "complex128"}
+
+
 def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
     """The dtype a primitive computes in: ``compute_dtype`` (a name such as ``"float64"``) unless it is ``None``,
-    in which case the input's own dtype, promoted to at least float32 (half precision is never used for the math)."""
+    in which case the input's own dtype, promoted to at least float32 (half precision is never used for the math).
+    A complex input computes in the complex dtype of that precision ("float64": complex128)."""
+    if xp.isdtype(dtype, "complex floating"):
+        name = compute_dtype or ("float32" if dtype == xp.complex64 else "float64")
+        return getattr(xp, _COMPLEX_OF[name])
     if compute_dtype is not None:
         return getattr(xp, compute_dtype)
     if xp.finfo(dtype).bits < 32:
         return xp.float32
     return dtype
+
+
+def compute_dtypes_of(xp: Any, inputs: tuple, compute_dtype: str | None) -> tuple:
+    """The compute dtype of each input (None for an input that is not an array): a primitive's inputs keep their
+    own kind, so a real exponent beside a complex matrix stays real."""
+    return tuple(None if getattr(x, "dtype", None) is None else compute_dtype_of(xp, x.dtype, compute_dtype)
+                 for x in inputs)
 
 
 def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
@@ -155,12 +170,12 @@ def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
 def _eager_bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Any, ...]:
     xp = namespace_of(inputs[0])
     dtype = inputs[0].dtype
-    cdtype = compute_dtype_of(xp, dtype, spec.compute_dtype)
-    outputs, residuals = p.forward(xp, *[cast(xp, x, cdtype) for x in inputs], spec=spec)
+    cdtypes = compute_dtypes_of(xp, inputs, spec.compute_dtype)
+    outputs, residuals = p.forward(xp, *[cast(xp, x, c) for x, c in zip(inputs, cdtypes, strict=True)], spec=spec)
     n = p.n_outputs
     outputs = (*[cast(xp, y, dtype) for y in outputs[:n]], *outputs[n:])
     if _TAPES:
-        _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtype))
+        _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtypes[0]))
     return outputs
 
 
