@@ -34,7 +34,8 @@ order; Bhatia, Matrix Analysis, Thm V.3.3), with Gh = U^T sym(G) U and Wh = U^T 
 
     dG = V(S, W)   (DF(S) is self-adjoint),      dS = U (A + A^T) U^T,   A_ab = sum_c g[l_a, l_b, l_c] Gh_ac Wh_cb,
 
-the second divided differences of g, exact at ties (f[a, a, a] = f''(a) / 2; eigpool._divided). Across the floor,
+(for complex Hermitian S: U^H for U^T and A + A^H, the adjoint for Re tr(A^H B)) with the second divided
+differences of g, exact at ties (f[a, a, a] = f''(a) / 2; eigpool._divided). Across the floor,
 g agrees near each eigenvalue with a smooth function (f above tau, the constant f(tau) below), and the second
 derivative of F depends only on g near the eigenvalues, so g[x, y, z] on the sorted triple is the recurrence
 (g[y, z] - g[x, y]) / (z - x) of the floored first differences, and 0 when all three are below the floor. It builds
@@ -47,7 +48,7 @@ from typing import Any, NamedTuple
 
 from ._divided import sort3
 from ._kernels import tie_tolerance
-from ._xp import diag_embed, diagonal, sym
+from ._xp import ct, diag_embed, diagonal, is_complex, sym
 
 __all__ = ["Spectrum", "loewner", "second_order_vjp"]
 
@@ -133,12 +134,14 @@ def _second_differences(xp: Any, spec: Any, s: Spectrum) -> Any:
 
 
 def second_order_vjp(xp: Any, spec: Any, s: Spectrum, G: Any, W: Any) -> tuple[Any, Any]:
-    """(dS, dG): the VJP, for the cotangent W, of (S, G) -> V(S, G) = U (L o (U^T sym(G) U)) U^T
-    ([Note: spectral second order]); exact backward, no truncation, no SEB."""
-    U, Ut = s.U, s.U.mT
-    Gh, Wh = Ut @ sym(xp, G) @ U, Ut @ sym(xp, W) @ U
-    dG = U @ (loewner(xp, spec, s) * Wh) @ Ut
+    """(dS, dG): the VJP, for the cotangent W, of (S, G) -> V(S, G) = U (L o (U^H sym(G) U)) U^H
+    ([Note: spectral second order]); exact backward, no truncation, no SEB. Batch shapes of S (in ``s``), G and W
+    broadcast (``frechet`` of one S in a batch of directions)."""
+    U, Uh = s.U, ct(xp, s.U)
+    Gh, Wh = Uh @ sym(xp, G) @ U, Uh @ sym(xp, W) @ U
+    dG = U @ (loewner(xp, spec, s) * Wh) @ Uh
     f3 = _second_differences(xp, spec, s)
-    # A_ab = sum_c g[a, b, c] Gh_ac Wh_cb (Wh symmetric: Wh_cb = Wh_bc).
-    A = xp.sum(f3 * Gh[..., :, None, :] * Wh[..., None, :, :], axis=-1)
-    return U @ (A + A.mT) @ Ut, dG
+    # A_ab = sum_c g[a, b, c] Gh_ac Wh_cb: Wh_cb at (b, c) is Wh^T (= Wh for real symmetric W, conj(Wh) for complex).
+    Wt = xp.conj(Wh) if is_complex(xp, Wh) else Wh
+    A = xp.sum(f3 * Gh[..., :, None, :] * Wt[..., None, :, :], axis=-1)
+    return U @ (A + ct(xp, A)) @ Uh, dG

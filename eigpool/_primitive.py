@@ -213,7 +213,10 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
     the argument's shape and dtype (``None`` for an argument that is not an array, such as a power ``p``).
 
     Only eigpool operations are traced. An intermediate array computed outside eigpool (for example ``S + 1e-3 * I``
-    in NumPy) would cut the chain of derivatives, so it raises ``ValueError`` instead of giving a wrong gradient.
+    in NumPy) would cut the chain of derivatives, so as the first input of an eigpool function (the matrix or the
+    features) it raises ``ValueError`` instead of giving a wrong gradient; later inputs that are neither arguments of
+    ``fn`` nor eigpool results (an exponent array, a direction E of ``frechet``) are constants. A single output's
+    cotangent may be given bare or as a 1-tuple.
 
     Example::
 
@@ -230,7 +233,7 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
     arg_ids = {id(a): i for i, a in enumerate(args)}
     produced = {id(y) for rec in tape for y in rec.outputs}
     for rec in tape:
-        for x in rec.inputs:
+        for x in rec.inputs[:1]:
             if x is not None and id(x) not in arg_ids and id(x) not in produced:
                 raise ValueError(
                     f"vjp: an input of {rec.primitive.name} was computed outside eigpool; vjp traces only eigpool "
@@ -241,7 +244,10 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
             raise ValueError("vjp: fn returned an array that no eigpool function produced")
 
     def pullback(cotangent: Any) -> tuple[Any, ...]:
-        cts = cotangent if isinstance(out, tuple) else (cotangent,)
+        single = not isinstance(out, tuple)
+        cts = (cotangent,) if single and not (isinstance(cotangent, tuple) and len(cotangent) == 1) else cotangent
+        if not isinstance(cts, tuple):
+            raise TypeError(f"pullback: expected a tuple of {len(outs)} cotangents, got {type(cts).__name__}")
         if len(cts) != len(outs):
             raise ValueError(f"pullback: expected {len(outs)} cotangents, got {len(cts)}")
         acc: dict[int, Any] = {}

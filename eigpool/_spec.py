@@ -13,6 +13,7 @@ machine epsilon of the array being decomposed, so every route (dense, Gram, floa
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,28 +55,35 @@ def _natural(op: str, name: str, value: Any, low: int) -> int:
 class Floor:
     """The eigenvalue floor, relative to max|l| of each matrix: ``value``, or d * eps(compute dtype) if ``auto``.
     Eigenvalues below ``floor * max|l|`` (at least the smallest normal number) are raised to it; their subgradient is
-    0 (the floor is held fixed)."""
+    0 (the floor is held fixed). ``raises`` (floor="raise"): the same "auto" floor in the computation, and the value
+    check refuses a matrix with an eigenvalue at or below it (singular to working precision) instead."""
 
     value: float = 0.0
     auto: bool = False
+    raises: bool = False
 
     def relative(self, d: int, eps: float) -> float:
         """The relative floor for d x d matrices computed in a dtype of machine epsilon ``eps``."""
         return d * eps if self.auto else self.value
 
     def __repr__(self) -> str:
-        return "Floor('auto')" if self.auto else f"Floor({self.value!r})"
+        return "Floor('raise')" if self.raises else "Floor('auto')" if self.auto else f"Floor({self.value!r})"
+
+
+#: The named values of ``floor=``.
+FLOOR_NAMES = ("auto", "raise")
 
 
 def resolve_floor(op: str, floor: Any) -> Floor | None:
-    """``floor=`` validated: None (no floor beyond the smallest normal number), "auto" or a finite float >= 0."""
+    """``floor=`` validated: None (no floor beyond the smallest normal number), "auto", "raise" (an error for
+    eigenvalues where "auto" would floor) or a finite float >= 0."""
     if floor is None:
         return None
-    if isinstance(floor, str) and floor == "auto":
-        return Floor(auto=True)
+    if isinstance(floor, str) and floor in FLOOR_NAMES:
+        return Floor(auto=True, raises=floor == "raise")
     if isinstance(floor, (int, float)) and not isinstance(floor, bool) and math.isfinite(floor) and floor >= 0:
         return Floor(float(floor))
-    raise _option_error(op, "floor", "None, 'auto' or a finite non-negative float", floor)
+    raise _option_error(op, "floor", "None, 'auto', 'raise' or a finite non-negative float", floor)
 
 
 @dataclass(frozen=True)
@@ -126,8 +134,9 @@ def resolve_function(op: str, fn: str | SpectralFunction, p: Any = None) -> Spec
 
 
 def resolve_exponent(op: str, p: Any) -> float:
-    """A finite real exponent as a float (TypeError otherwise)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+    """A finite real exponent as a float: a Python or NumPy real number (``np.float32(0.5)``); TypeError otherwise
+    (an array exponent is an input of ``powm``, not an option)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p):
         raise TypeError(f"{op}: argument 'p' must be a finite real number, got {p!r}")
     return float(p)
 

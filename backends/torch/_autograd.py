@@ -59,12 +59,19 @@ class _Linalg:
 class _Namespace:
     """The array API namespace the rules run in: array_api_compat's torch namespace, with the two functions whose
     aten operators have no batching rule in PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) bound to
-    the equivalent ones that have: ``concat`` (aten::concat -> torch.cat) and ``linalg.diagonal``."""
+    the equivalent ones that have: ``concat`` (aten::concat -> torch.cat) and ``linalg.diagonal``; and ``conj``
+    materialised (``torch.conj_physical``)."""
 
     linalg = _Linalg()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(compat_torch, name)
+
+    @staticmethod
+    def conj(x: Tensor, /) -> Tensor:
+        # A materialised conjugate: torch.conj is a lazy view, whose tangent layout forward-mode AD under vmap
+        # (gradcheck's batched forward gradients) rejects.
+        return torch.conj_physical(x)
 
     @staticmethod
     def concat(arrays: Any, /, *, axis: int | None = 0) -> Tensor:
