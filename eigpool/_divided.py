@@ -20,7 +20,8 @@ from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-__all__ = ["POWER_INPUT", "SPECTRAL_FUNCTIONS", "SpectralFunction", "power", "power_of_array", "user_function"]
+__all__ = ["POWER_INPUT", "SPECTRAL_FUNCTIONS", "SpectralFunction", "exponent_slope_of_array", "power",
+           "power_of_array", "user_function"]
 
 
 class SpectralFunction(NamedTuple):
@@ -153,6 +154,31 @@ def power_of_array(xp: Any, p: Any, batch_ndim: int) -> SpectralFunction:
         return xp.reshape(p, (*p.shape, *(1,) * (x.ndim - batch_ndim)))
 
     return _power_function("power(p)", padded)
+
+
+def _exponent_slope_dd(xp: Any, a: Any, b: Any, p: Any) -> Any:
+    """h[a, b] of h(l) = l^p log l = d(l^p)/dp: the derivative in p of ``_power_dd``, so it has no cancellation either.
+
+    Near (t = log(hi/lo) < 1): lo^(p-1) (log(lo) expm1(p t) + t exp(p t)) / expm1(t), limit lo^(p-1) (p log lo + 1)
+    = h'(lo) at t = 0; far: (hi^p log hi - lo^p log lo) / (hi - lo)."""
+    lo, hi, gap = _lo_hi(xp, a, b)
+    t = xp.log1p(gap / lo)
+    safe = _nonzero(xp, xp.expm1(t))
+    ratio = xp.where(t > 0, (xp.log(lo) * xp.expm1(p * t) + t * xp.exp(p * t)) / safe, p * xp.log(lo) + 1)
+    far = (hi**p * xp.log(hi) - lo**p * xp.log(lo)) / _nonzero(xp, gap)
+    return xp.where(t < 1, lo ** (p - 1) * ratio, far)
+
+
+def exponent_slope_of_array(xp: Any, p: Any, batch_ndim: int) -> SpectralFunction:
+    """h(l) = l^p log l, the derivative of l^p in p, for an array exponent padded as in ``power_of_array``: the
+    function whose Loewner matrix is d L_p / dp ([Note: exponent derivative] in eigpool.spectral)."""
+
+    def padded(x: Any) -> Any:
+        return xp.reshape(p, (*p.shape, *(1,) * (x.ndim - batch_ndim)))
+
+    return SpectralFunction("power(p) log", lambda xp, l: l ** padded(l) * xp.log(l),
+                            lambda xp, l: l ** (padded(l) - 1) * (padded(l) * xp.log(l) + 1),
+                            lambda xp, a, b: _exponent_slope_dd(xp, a, b, padded(a + b)), True)
 
 
 @lru_cache(maxsize=256)

@@ -31,11 +31,17 @@ from dataclasses import replace
 from typing import Any
 
 from ._checks import check_matrix, check_truncate, check_values, checked
-from ._divided import POWER_INPUT, SPECTRAL_FUNCTIONS, SpectralFunction, power_of_array
+from ._divided import (
+    POWER_INPUT,
+    SPECTRAL_FUNCTIONS,
+    SpectralFunction,
+    exponent_slope_of_array,
+    power_of_array,
+)
 from ._loewner import Spectrum, loewner, second_order_vjp
 from ._primitive import Primitive, bind, compute_dtype_of, namespace_of
 from ._spec import GRADS, SpectralSpec, resolve_exponent, resolve_spectral, user_spectral_function
-from ._xp import arange_like, ct, diag_embed, diagonal, max_abs, real_part, sym
+from ._xp import arange_like, ct, diag_embed, diagonal, is_complex, max_abs, real_part, sym
 
 __all__ = ["GRADS", "SpectralFunction", "SpectralSpec", "expm", "expm_neg", "frechet", "frechet_p", "invsqrtm", "logm",
            "matrix_function", "powm", "seb", "spectral", "spectral_p", "spectral_power_p", "spectral_spec", "sqrtm",
@@ -383,7 +389,34 @@ def _power_vjp(xp: Any, res: tuple, G: Any, *, spec: SpectralSpec) -> tuple:
     return sum_to(xp, dS, shape), sum_to(xp, dp, tuple(p.shape))
 
 
-spectral_power_p = Primitive("spectral_power", _power_forward, _power_vjp, aux_outputs=1, differentiable=(0, 1))
+def _power_vjp_vjp(xp: Any, res: tuple, cotangents: tuple, W: Any, w: Any, *, spec: SpectralSpec) -> tuple:
+    # The VJP of (S, p, G) -> (dS, dp) for the cotangents (W, w), [Note: exponent derivative] and [Note: spectral
+    # second order]: with h = g log m (the derivative of g in p) and L_h its Loewner matrix (= d L_p / dp),
+    #   dG = U (L_p o Wh) U^H + U diag(w h) U^H,     dS = U (A + A^H) U^H + w U (L_h o Gh) U^H,
+    #   dp = Re sum_ij conj(Wh_ij) L_h,ij Gh_ij + w sum_i Re(Gh_ii) g_i (log m_i)^2.
+    s, p, shape = res
+    G, nb = cotangents[0], s.l.ndim - 1
+    dS, dG = second_order_vjp(xp, _bound_power(spec, xp, p, nb), s, G, W)
+    log_m = xp.log(s.m)
+    h = s.g * log_m
+    L_h = loewner(xp, replace(spec, fn=exponent_slope_of_array(xp, p, nb)), s._replace(g=h))
+    Gh, Wh = _rotated(xp, s, G), _rotated(xp, s, W)
+    w1 = xp.reshape(w, (*w.shape, 1))
+    dG = dG + sym(xp, (s.U * (w1 * h)[..., None, :]) @ ct(xp, s.U))
+    dS = dS + s.U @ (w1[..., None] * L_h * Gh) @ ct(xp, s.U)
+    Wt = xp.conj(Wh) if is_complex(xp, Wh) else Wh
+    dp = xp.sum(real_part(xp, Wt * L_h * Gh), axis=(-2, -1)) \
+        + w * xp.sum(real_part(xp, diagonal(xp, Gh)) * s.g * log_m * log_m, axis=-1)
+    return sum_to(xp, dS, shape), sum_to(xp, dp, tuple(p.shape)), dG
+
+
+def _power_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:
+    """The second-order rule where the exact backward covers ``spec`` (no eigenvector kernel, no truncation)."""
+    return _power_vjp_vjp if spec.kernel is None and not spec.truncate else None
+
+
+spectral_power_p = Primitive("spectral_power", _power_forward, _power_vjp, aux_outputs=1, differentiable=(0, 1),
+                             second_order=_power_second_order)
 
 
 def _frechet_forward(xp: Any, S: Any, E: Any, *, spec: SpectralSpec) -> tuple[tuple, tuple]:

@@ -157,8 +157,9 @@ OPS = [
     Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True, complex=True),
     Op("powm(np.float32(0.5))", lambda S: eigpool.powm(S, np.float32(0.5)), _sqrt, second_order=True, complex=True),
     # The exponent as a 0-d array of S's library: an input of the primitive (a constant here; its own derivative is
-    # tested in test_spd.py). Second order: the VJP's derivative by autodiff of the rules, exact at distinct spectra.
-    Op("powm(array 0.3)", lambda S: eigpool.powm(S, _exponent_like(S, 0.3)), _power(0.3), complex=True),
+    # tested in test_spd.py).
+    Op("powm(array 0.3)", lambda S: eigpool.powm(S, _exponent_like(S, 0.3)), _power(0.3), second_order=True,
+       complex=True),
     Op("expm", eigpool.expm, sl.expm, positive=False, second_order=True, complex=True),
     Op("expm_neg", eigpool.expm_neg, lambda S: sl.expm(-S), positive=False, second_order=True, complex=True),
     # Frechet derivatives in a direction that commutes with S, where they have a closed form: D log(S)[e^(-S)] =
