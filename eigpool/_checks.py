@@ -114,14 +114,15 @@ def _active(x: Any) -> bool:
 
 def checked(op: str, name: str, x: Any, compute: Callable[[], tuple], *, symmetric: bool = True,
             eigenvalues: int | None = None, psd: bool = False, singular: float | None = None,
-            squares: bool = False) -> tuple:
+            squares: bool = False, one_triangle: bool = False) -> tuple:
     """``compute()`` (a tuple of outputs), then the value checks of the input ``x`` named ``name``: finite entries,
     and if ``symmetric`` (x is a batch of matrices) symmetry to round-off ([Note: symmetry tolerance]), positive
     semi-definiteness from the ascending eigenvalues at ``compute()[eigenvalues]`` (if given), or if ``psd``
     (no eigenvalues computed: Newton-Schulz) a positive trace and a Cholesky factorisation of S + sqrt(eps) tr(S) I.
     ``singular``: a relative floor r; a matrix whose smallest eigenvalue is below r * max|l| is refused
     (``floor="raise"``). ``squares``: the first output is quadratic in the features ``x`` (a covariance), so finite
-    features can overflow it: it must be finite too, else the error says so.
+    features can overflow it: it must be finite too, else the error says so. ``one_triangle``: the computation reads
+    one triangle of x (``triangle=``), so its symmetry is not checked.
 
     The checks are one fused reduction read once; when it fails, or when ``compute`` raised, the input is examined
     in detail and the first problem found is raised as a ValueError naming ``op`` and ``name``.
@@ -131,11 +132,11 @@ def checked(op: str, name: str, x: Any, compute: Callable[[], tuple], *, symmetr
     try:
         outputs = compute()
     except Exception:
-        _diagnose(op, name, x, symmetric, None, psd, None, squares)
+        _diagnose(op, name, x, symmetric, None, psd, None, squares, one_triangle)
         raise
     l = None if eigenvalues is None else outputs[eigenvalues]
-    if not _passes(x, symmetric, l, psd, singular, outputs[0] if squares else None):
-        _diagnose(op, name, x, symmetric, l, psd, singular, squares)
+    if not _passes(x, symmetric, l, psd, singular, outputs[0] if squares else None, one_triangle):
+        _diagnose(op, name, x, symmetric, l, psd, singular, squares, one_triangle)
     return outputs
 
 
@@ -161,7 +162,8 @@ def _asymmetry(xp: Any, x: Any) -> tuple[Any, Any]:
     return xp.max(xp.abs(half - ct(xp, half)), axis=(-2, -1)) * 2, xp.max(xp.abs(x), axis=(-2, -1))
 
 
-def _passes(x: Any, symmetric: bool, l: Any, psd: bool, singular: float | None, result: Any) -> bool:
+def _passes(x: Any, symmetric: bool, l: Any, psd: bool, singular: float | None, result: Any,
+            one_triangle: bool = False) -> bool:
     """The fused test: True if every check passes (False may be a false alarm, re-examined by ``_diagnose``).
 
     Matrices are read twice: finiteness first (from their max and min, through which NaN propagates), so that the
@@ -175,15 +177,18 @@ def _passes(x: Any, symmetric: bool, l: Any, psd: bool, singular: float | None, 
         return bool(xp.isfinite(r_high) & xp.isfinite(r_low))
     if not symmetric:
         return True
-    asym, scale = _asymmetry(xp, x)
-    ok = xp.all(asym <= symmetry_tolerance(xp, x.dtype) * scale)
+    tests = []
+    if not one_triangle:
+        asym, scale = _asymmetry(xp, x)
+        tests.append(asym <= symmetry_tolerance(xp, x.dtype) * scale)
     if l is not None:
         top = max_abs(xp, l)[..., 0]
-        ok = ok & xp.all(l[..., 0] >= -relative_eps(xp, x.dtype) * top)  # the input's precision, not l's
+        tests.append(l[..., 0] >= -relative_eps(xp, x.dtype) * top)  # the input's precision, not l's
         if singular is not None:
-            ok = ok & xp.all(l[..., 0] > singular * top)
+            tests.append(l[..., 0] > singular * top)
     if psd:
-        ok = ok & xp.all(real_part(xp, xp.linalg.trace(x)) > 0)
+        tests.append(real_part(xp, xp.linalg.trace(x)) > 0)
+    ok = functools.reduce(lambda a, b: a & xp.all(b), tests, True)
     return bool(ok) and (not psd or _shifted_cholesky_succeeds(xp, x))
 
 
@@ -200,7 +205,7 @@ def _shifted_cholesky_succeeds(xp: Any, x: Any) -> bool:
 
 
 def _diagnose(op: str, name: str, x: Any, symmetric: bool, l: Any, psd: bool, singular: float | None,
-              squares: bool = False) -> None:
+              squares: bool = False, one_triangle: bool = False) -> None:
     """Raise the ValueError for the first problem of ``x``; return if there is none."""
     xp = namespace_of(x)
     if not bool(xp.all(xp.isfinite(x))):
@@ -215,7 +220,7 @@ def _diagnose(op: str, name: str, x: Any, symmetric: bool, l: Any, psd: bool, si
         return
     tol = symmetry_tolerance(xp, x.dtype)
     asym, scale = _asymmetry(xp, x)
-    if bool(xp.any(asym > tol * scale)):
+    if not one_triangle and bool(xp.any(asym > tol * scale)):
         worst = float(xp.max(asym / xp.where(scale > 0, scale, xp.ones_like(scale))))
         kind = "Hermitian" if is_complex(xp, x) else "symmetric"
         raise ValueError(f"{op}: argument '{name}' must be {kind}; max |S - S^H| / max |S| = {worst:.3g} exceeds "

@@ -28,6 +28,8 @@ COMPUTE_DTYPES = ("float32", "float64")
 #: Backward rules of the spectral functions: "exact" (Loewner), the kernels of eigpool.eigh, and "eigh" (the exact
 #: eigenvector kernel, i.e. the chain rule through the eigendecomposition).
 GRADS = ("exact", "taylor", "pade", "clip", "power_iteration", "eigh")
+#: Values of ``triangle=`` besides None: read only that triangle of S (LAPACK's convention).
+TRIANGLES = ("lower", "upper")
 #: Named scalar functions of ``pooled`` and the layers (``fn=``); "power" takes the exponent ``p``.
 FUNCTION_NAMES = ("sqrt", "invsqrt", "log", "power")
 
@@ -98,7 +100,9 @@ class SpectralSpec:
     """A spectral function F(S) = U g(l) U^T, resolved: the scalar function ``fn``; the backward (``kernel`` None:
     the exact Loewner formula; a ``Kernel``: the chain rule through that eigenvector kernel); the eigenvalue
     ``floor`` (None for functions defined on every real number); ``truncate`` (the number of smallest eigenvalues set
-    to zero); ``seb`` (the scaling eigen branch gain); the ``compute_dtype``."""
+    to zero); ``seb`` (the scaling eigen branch gain); the ``compute_dtype``; ``triangle`` (None: F of the Hermitian
+    part (S + S^H) / 2, S checked for symmetry to round-off; "lower" or "upper": F of that triangle of S mirrored, the
+    convention of LAPACK, torch.linalg.eigh and pyRiemann, with no symmetry check)."""
 
     fn: SpectralFunction
     kernel: Kernel | None = None
@@ -106,6 +110,7 @@ class SpectralSpec:
     truncate: int = 0
     seb: bool = False
     compute_dtype: str | None = "float64"
+    triangle: str | None = None
 
     @property
     def grad(self) -> str:
@@ -143,7 +148,7 @@ def resolve_exponent(op: str, p: Any) -> float:
 
 def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad: str = "exact", floor: Any = "auto",
                   truncate: int = 0, seb: bool = False, compute_dtype: Any = "float64",
-                  kernel_options: dict[str, Any] | None = None) -> SpectralSpec:
+                  kernel_options: dict[str, Any] | None = None, triangle: Any = None) -> SpectralSpec:
     """The ``SpectralSpec`` of ``op`` for these options, validated once; each error names ``op``, the option and
     the allowed values. ``floor`` applies to functions with ``positive=True`` only (it is dropped for the others)."""
     function = resolve_function(op, fn, p)
@@ -161,8 +166,10 @@ def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad
         raise ValueError(f"{op}: seb=True scales the matrix square root; it needs fn='sqrt', got fn={function.name!r}")
     # A positive function is always floored, at least at the smallest normal number (floor=None: relative 0).
     floored = (resolve_floor(op, floor) or Floor()) if function.positive else None
-    return SpectralSpec(function, kernel, floored,
-                        _natural(op, "truncate", truncate, 0), seb, resolve_compute_dtype(op, compute_dtype))
+    if triangle is not None and not (isinstance(triangle, str) and triangle in TRIANGLES):
+        raise _option_error(op, "triangle", f"None or one of {TRIANGLES}", triangle)
+    return SpectralSpec(function, kernel, floored, _natural(op, "truncate", truncate, 0), seb,
+                        resolve_compute_dtype(op, compute_dtype), triangle)
 
 
 def user_spectral_function(f: Any, df: Any, positive: bool) -> SpectralFunction:

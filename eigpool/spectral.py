@@ -48,7 +48,7 @@ __all__ = ["GRADS", "SpectralFunction", "SpectralSpec", "expm", "expm_neg", "fre
            "truncate"]
 
 def sqrtm(S: Any, *, grad: str = "exact", floor: float | str | None = "auto", truncate: int = 0,
-          compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+          compute_dtype: str | None = "float64", triangle: str | None = None, **kernel_options: Any) -> Any:
     """Principal square root S^(1/2) of symmetric (or Hermitian) PSD matrices, by eigendecomposition.
 
     S: (..., d, d) real symmetric or complex Hermitian positive semi-definite; returns (..., d, d) in S's dtype,
@@ -57,26 +57,29 @@ def sqrtm(S: Any, *, grad: str = "exact", floor: float | str | None = "auto", tr
     "raise": a ValueError for a matrix singular to working precision instead). ``grad`` selects an eigenvector
     kernel instead ("taylor", "pade", "clip", "power_iteration", "eigh"), with its ``kernel_options``;
     ``truncate=k`` sets the k smallest eigenvalues to zero. ``compute_dtype``: "float64" (default), "float32" or
-    None (S's own); complex input computes in the complex dtype of that precision.
+    None (S's own); complex input computes in the complex dtype of that precision. ``triangle``: None (F of
+    (S + S^H) / 2; S must be symmetric to round-off) or "lower" / "upper" (F of that triangle mirrored, unchecked:
+    the convention of LAPACK, torch.linalg.eigh and pyRiemann; the gradient goes to that triangle).
     """
     return matrix_function(S, resolve_spectral("sqrtm", "sqrt", grad=grad, floor=floor, truncate=truncate,
-                                            compute_dtype=compute_dtype, kernel_options=kernel_options), op="sqrtm")
+                                            compute_dtype=compute_dtype, kernel_options=kernel_options,
+                                            triangle=triangle), op="sqrtm")
 
 
 def invsqrtm(S: Any, *, grad: str = "exact", floor: float | str | None = "auto", truncate: int = 0,
-             compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+             compute_dtype: str | None = "float64", triangle: str | None = None, **kernel_options: Any) -> Any:
     """Inverse square root S^(-1/2) of symmetric (or Hermitian) PSD matrices (eigenvalues floored as in ``sqrtm``;
     ``floor="raise"`` refuses singular input).
 
     S: (..., d, d); returns (..., d, d). L_ij = -1/(sqrt(l_i) sqrt(l_j) (sqrt(l_i) + sqrt(l_j))).
     """
     return matrix_function(S, resolve_spectral("invsqrtm", "invsqrt", grad=grad, floor=floor, truncate=truncate,
-                                            compute_dtype=compute_dtype, kernel_options=kernel_options),
-                           op="invsqrtm")
+                                            compute_dtype=compute_dtype, kernel_options=kernel_options,
+                                            triangle=triangle), op="invsqrtm")
 
 
 def powm(S: Any, p: Any, *, grad: str = "exact", floor: float | str | None = "auto", truncate: int = 0,
-         compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+         compute_dtype: str | None = "float64", triangle: str | None = None, **kernel_options: Any) -> Any:
     """Matrix power S^p of symmetric (or Hermitian) PSD matrices for real p (eigenvalues floored as in ``sqrtm``).
 
     S: (..., d, d); returns (..., d, d). L_ij = (l_i^p - l_j^p)/(l_i - l_j), evaluated as
@@ -88,32 +91,34 @@ def powm(S: Any, p: Any, *, grad: str = "exact", floor: float | str | None = "au
     if isinstance(p, numbers.Real) or namespace_of(p) is None:
         return matrix_function(S, resolve_spectral("powm", "power", p=resolve_exponent("powm", p), grad=grad,
                                                 floor=floor, truncate=truncate, compute_dtype=compute_dtype,
-                                                kernel_options=kernel_options), op="powm")
+                                                kernel_options=kernel_options, triangle=triangle), op="powm")
     spec = resolve_spectral("powm", POWER_INPUT, grad=grad, floor=floor, truncate=truncate,
-                            compute_dtype=compute_dtype, kernel_options=kernel_options)
+                            compute_dtype=compute_dtype, kernel_options=kernel_options, triangle=triangle)
     return _powm_of_array(S, p, spec)
 
 
 def logm(S: Any, *, grad: str = "exact", floor: float | str | None = "auto", truncate: int = 0,
-         compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+         compute_dtype: str | None = "float64", triangle: str | None = None, **kernel_options: Any) -> Any:
     """Principal logarithm of symmetric (or Hermitian) positive definite matrices (eigenvalues floored as in
     ``sqrtm``; ``floor="raise"`` refuses singular input instead of returning log of the floor).
 
     S: (..., d, d); returns (..., d, d). L_ij = log1p((l_i - l_j)/l_j)/(l_i - l_j) (no cancellation), 1/l_i at ties.
     """
     return matrix_function(S, resolve_spectral("logm", "log", grad=grad, floor=floor, truncate=truncate,
-                                            compute_dtype=compute_dtype, kernel_options=kernel_options), op="logm")
+                                            compute_dtype=compute_dtype, kernel_options=kernel_options,
+                                            triangle=triangle), op="logm")
 
 
 def expm(S: Any, *, grad: str = "exact", truncate: int = 0, compute_dtype: str | None = "float64",
-         **kernel_options: Any) -> Any:
+         triangle: str | None = None, **kernel_options: Any) -> Any:
     """exp(S) of symmetric (or Hermitian) matrices, U diag(exp(l)) U^H (any real spectrum: no floor).
 
     S: (..., d, d); returns (..., d, d). L_ij = exp(l_hi) (-expm1(-(l_hi - l_lo)))/(l_hi - l_lo): no cancellation
     at close eigenvalues, exp(l_i) at ties, and no overflow before exp(l_hi) itself.
     """
     return matrix_function(S, resolve_spectral("expm", SPECTRAL_FUNCTIONS["exp"], grad=grad, truncate=truncate,
-                                            compute_dtype=compute_dtype, kernel_options=kernel_options), op="expm")
+                                            compute_dtype=compute_dtype, kernel_options=kernel_options,
+                                            triangle=triangle), op="expm")
 
 
 def expm_neg(S: Any, *, grad: str = "exact", truncate: int = 0, compute_dtype: str | None = "float64",
@@ -167,7 +172,8 @@ def spectral(S: Any, f: Callable[[Any], Any], df: Callable[[Any], Any], *, posit
 
 def spectral_spec(fn: str | SpectralFunction = "sqrt", *, p: float | None = None, grad: str = "exact",
                   floor: float | str | None = "auto", truncate: int = 0, seb: bool = False,
-                  compute_dtype: str | None = "float64", **kernel_options: Any) -> SpectralSpec:
+                  compute_dtype: str | None = "float64", triangle: str | None = None,
+                  **kernel_options: Any) -> SpectralSpec:
     """The frozen, hashable specification of a spectral function, validated once: what ``sqrtm(S, **options)`` and
     the others resolve their options into, for ``matrix_function(S, spec)`` and the layers.
 
@@ -179,7 +185,7 @@ def spectral_spec(fn: str | SpectralFunction = "sqrt", *, p: float | None = None
         Q = eigpool.matrix_function(S, spec)
     """
     return resolve_spectral("spectral_spec", fn, p=p, grad=grad, floor=floor, truncate=truncate, seb=seb,
-                            compute_dtype=compute_dtype, kernel_options=kernel_options)
+                            compute_dtype=compute_dtype, kernel_options=kernel_options, triangle=triangle)
 
 
 def matrix_function(S: Any, spec: SpectralSpec, *, op: str = "matrix_function") -> Any:
@@ -192,8 +198,8 @@ def matrix_function(S: Any, spec: SpectralSpec, *, op: str = "matrix_function") 
     """
     xp = check_matrix(S, op, "S", complex_ok=True)
     check_truncate(op, spec.truncate, S.shape[-1])
-    out, _ = checked(op, "S", S, lambda: bind(spectral_p, S, spec=spec),
-                     eigenvalues=1 if spec.fn.positive else None, singular=_singular_floor(xp, S, spec))
+    out, _ = checked(op, "S", S, lambda: bind(spectral_p, S, spec=spec), eigenvalues=1 if spec.fn.positive else None,
+                     singular=_singular_floor(xp, S, spec), one_triangle=spec.triangle is not None)
     return out
 
 
@@ -216,7 +222,7 @@ def _powm_of_array(S: Any, p: Any, spec: SpectralSpec) -> Any:
     check_truncate("powm", spec.truncate, S.shape[-1])
     check_values("powm", "p", p)
     out, _ = checked("powm", "S", S, lambda: bind(spectral_power_p, S, p, spec=spec), eigenvalues=1,
-                     singular=_singular_floor(xp, S, spec))
+                     singular=_singular_floor(xp, S, spec), one_triangle=spec.triangle is not None)
     return out
 
 
@@ -294,9 +300,27 @@ def reshape_spectrum(xp: Any, spec: SpectralSpec, l: Any, U: Any) -> Spectrum:
     return Spectrum(l, U, m, g, above, keep, tau, rho)
 
 
+def hermitian_input(xp: Any, S: Any, spec: SpectralSpec) -> Any:
+    """The Hermitian matrix F is computed from: (S + S^H) / 2, or for ``spec.triangle`` that triangle of S mirrored,
+    with the real part of the diagonal (what LAPACK's eigh reads). A linear map of S."""
+    if spec.triangle is None:
+        return sym(xp, S)
+    T = xp.tril(S, k=-1) if spec.triangle == "lower" else xp.triu(S, k=1)
+    return T + ct(xp, T) + diag_embed(xp, real_part(xp, diagonal(xp, S)))
+
+
+def triangle_adjoint(xp: Any, spec: SpectralSpec, C: Any) -> Any:
+    """The adjoint of ``hermitian_input`` on a Hermitian cotangent C (for Re tr(A^H B)): C itself for the Hermitian
+    part; 2 C below (above) the diagonal and Re C_ii on it for a triangle, 0 in the triangle that is not read."""
+    if spec.triangle is None:
+        return C
+    T = xp.tril(C, k=-1) if spec.triangle == "lower" else xp.triu(C, k=1)
+    return 2 * T + diag_embed(xp, real_part(xp, diagonal(xp, C)))
+
+
 def _decompose(xp: Any, S: Any, spec: SpectralSpec) -> Spectrum:
-    """The reshaped spectrum of the Hermitian part of S."""
-    l, U = xp.linalg.eigh(sym(xp, S))
+    """The reshaped spectrum of the Hermitian matrix of S (``hermitian_input``)."""
+    l, U = xp.linalg.eigh(hermitian_input(xp, S, spec))
     return reshape_spectrum(xp, spec, l, U)
 
 
@@ -339,11 +363,13 @@ def _loewner_vjp(xp: Any, s: Spectrum, Gh: Any, spec: SpectralSpec) -> Any:
 
 
 def _spectral_vjp(xp: Any, s: Spectrum, G: Any, *, spec: SpectralSpec) -> tuple:
-    return (_loewner_vjp(xp, s, _rotated(xp, s, G), spec),)
+    return (triangle_adjoint(xp, spec, _loewner_vjp(xp, s, _rotated(xp, s, G), spec)),)
 
 
 def _spectral_vjp_vjp(xp: Any, s: Spectrum, cotangents: tuple, W: Any, *, spec: SpectralSpec) -> tuple:
-    return second_order_vjp(xp, spec, s, cotangents[0], W)
+    # The VJP is T^*(V(T S, G)) for the input map T (``hermitian_input``): its cotangent W acts as T(W).
+    dS, dG = second_order_vjp(xp, spec, s, cotangents[0], hermitian_input(xp, W, spec))
+    return triangle_adjoint(xp, spec, dS), dG
 
 
 def _spectral_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:
@@ -386,7 +412,7 @@ def _power_vjp(xp: Any, res: tuple, G: Any, *, spec: SpectralSpec) -> tuple:
     dS = _loewner_vjp(xp, s, Gh, _bound_power(spec, xp, p, s.l.ndim - 1))
     # [Note: exponent derivative]: dp = sum_i Re(Gh_ii) g_i log m_i.
     dp = xp.sum(real_part(xp, diagonal(xp, Gh)) * s.g * xp.log(s.m), axis=-1)
-    return sum_to(xp, dS, shape), sum_to(xp, dp, tuple(p.shape))
+    return sum_to(xp, triangle_adjoint(xp, spec, dS), shape), sum_to(xp, dp, tuple(p.shape))
 
 
 def _power_vjp_vjp(xp: Any, res: tuple, cotangents: tuple, W: Any, w: Any, *, spec: SpectralSpec) -> tuple:
@@ -395,7 +421,7 @@ def _power_vjp_vjp(xp: Any, res: tuple, cotangents: tuple, W: Any, w: Any, *, sp
     #   dG = U (L_p o Wh) U^H + U diag(w h) U^H,     dS = U (A + A^H) U^H + w U (L_h o Gh) U^H,
     #   dp = Re sum_ij conj(Wh_ij) L_h,ij Gh_ij + w sum_i Re(Gh_ii) g_i (log m_i)^2.
     s, p, shape = res
-    G, nb = cotangents[0], s.l.ndim - 1
+    G, nb, W = cotangents[0], s.l.ndim - 1, hermitian_input(xp, W, spec)
     dS, dG = second_order_vjp(xp, _bound_power(spec, xp, p, nb), s, G, W)
     log_m = xp.log(s.m)
     h = s.g * log_m
@@ -407,7 +433,7 @@ def _power_vjp_vjp(xp: Any, res: tuple, cotangents: tuple, W: Any, w: Any, *, sp
     Wt = xp.conj(Wh) if is_complex(xp, Wh) else Wh
     dp = xp.sum(real_part(xp, Wt * L_h * Gh), axis=(-2, -1)) \
         + w * xp.sum(real_part(xp, diagonal(xp, Gh)) * s.g * log_m * log_m, axis=-1)
-    return sum_to(xp, dS, shape), sum_to(xp, dp, tuple(p.shape)), dG
+    return sum_to(xp, triangle_adjoint(xp, spec, dS), shape), sum_to(xp, dp, tuple(p.shape)), dG
 
 
 def _power_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:

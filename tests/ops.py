@@ -169,6 +169,9 @@ OPS = [
        lambda S: np.linalg.solve(S, sl.expm(-S)), complex=True),
     Op("frechet(exp)", lambda S: eigpool.frechet(eigpool.expm, S, S), lambda S: S @ sl.expm(S), positive=False,
        complex=True),
+    # One triangle read (LAPACK's and pyRiemann's convention): any square input, the gradient in that triangle.
+    Op("logm(triangle='lower')", lambda S: eigpool.logm(S, triangle="lower"), lambda S: _kind_of(S, sl.logm(S)),
+       symmetric=False, second_order=True, complex=True),
     Op("seb", eigpool.seb, _seb, complex=True),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
@@ -243,9 +246,11 @@ def bad_calls(op: Op) -> list[BadCall]:
                      "real or complex floating dtype" if op.complex else "real floating dtype"),
              BadCall("list", lambda x: x.tolist(), TypeError, "must be an array")]
     if op.complex:
-        calls += [BadCall("complex NaN", lambda x: _with(x.astype(np.complex128), (0, 1), complex(0, np.nan)),
-                          ValueError, "contains NaN or inf"),
-                  BadCall("non-Hermitian", lambda x: x + 1j * np.ones_like(x), ValueError, "must be Hermitian")]
+        calls.append(BadCall("complex NaN", lambda x: _with(x.astype(np.complex128), (0, 1), complex(0, np.nan)),
+                             ValueError, "contains NaN or inf"))
+        if op.symmetric:
+            calls.append(BadCall("non-Hermitian", lambda x: x + 1j * np.ones_like(x), ValueError,
+                                 "must be Hermitian"))
     else:
         calls.append(BadCall("complex", lambda x: x.astype(np.complex128), TypeError, "real floating dtype"))
     if op.kind == "matrix":
