@@ -242,7 +242,8 @@ def frechet(fn: Any, S: Any, E: Any, *, p: float | None = None, floor: float | s
     fn: "sqrt", "invsqrt", "log", "power" (with ``p``), "exp", "exp_neg", one of eigpool's functions (``eigpool.logm``,
     ``sqrtm``, ``invsqrtm``, ``powm`` with ``p``, ``expm``, ``expm_neg``) or a ``SpectralFunction``.
     S: (..., d, d) real symmetric or complex Hermitian (PSD for sqrt, invsqrt, log, power; floored as in ``sqrtm``);
-    E: (..., d, d) of the same kind, the batch shapes broadcast (one S for a batch of directions, as pyRiemann's
+    E: (..., d, d) symmetric or Hermitian (complex only for a complex S), the batch shapes broadcast (one S for a
+    batch of directions, as pyRiemann's
     ``ddlogm(E, S)`` and ``ddexpm(E, S)``). Returns (..., d, d) in S's dtype:
 
         D F(S)[E] = U (L o (U^H E_h U)) U^H,   L_ij = f[l_i, l_j] (f'(l_i) on ties),   E_h = (E + E^H) / 2,
@@ -254,9 +255,8 @@ def frechet(fn: Any, S: Any, E: Any, *, p: float | None = None, floor: float | s
     spec = _frechet_spec(fn, p, floor, compute_dtype)
     xp = check_matrix(S, "frechet", "S", complex_ok=True)
     check_matrix(E, "frechet", "E", complex_ok=True)
-    if E.shape[-1] != S.shape[-1] or xp.isdtype(S.dtype, "complex floating") != xp.isdtype(E.dtype,
-                                                                                        "complex floating"):
-        raise ValueError(f"frechet: S and E must be matrices of one size and kind (both real or both complex), got "
+    if E.shape[-1] != S.shape[-1] or is_complex(xp, E) and not is_complex(xp, S):
+        raise ValueError(f"frechet: S and E must be matrices of one size, E complex only for a complex S, got "
                          f"{tuple(S.shape)} {S.dtype} and {tuple(E.shape)} {E.dtype}")
     broadcast_batch("frechet", tuple(S.shape[:-2]), tuple(E.shape[:-2]))
     check_values("frechet", "E", E, symmetric=True)
@@ -447,17 +447,21 @@ spectral_power_p = Primitive("spectral_power", _power_forward, _power_vjp, aux_o
 
 def _frechet_forward(xp: Any, S: Any, E: Any, *, spec: SpectralSpec) -> tuple[tuple, tuple]:
     s = _decompose(xp, S, spec)
+    real_direction = not is_complex(xp, E)
+    E = xp.astype(E, S.dtype) if real_direction and is_complex(xp, S) else E  # a real direction of a complex S
     out = _compose(xp, s.U, loewner(xp, spec, s) * _rotated(xp, s, E))
-    return (out, s.l), (s, E, tuple(S.shape))
+    return (out, s.l), (s, E, tuple(S.shape), real_direction)
 
 
 def _frechet_vjp(xp: Any, res: tuple, W: Any, *, spec: SpectralSpec) -> tuple:
     # D F(S)[E] is V(S, E) of [Note: spectral second order]: its VJP is (dS, dE) of that note.
-    s, E, shape = res
+    s, E, shape, real_direction = res
     if spec.fn.dd2 is None:
         raise NotImplementedError(f"frechet: the derivative of D F(S)[E] needs the second divided differences of f, "
                                   f"which {spec.fn.name!r} does not provide (the built-in functions do)")
     dS, dE = second_order_vjp(xp, spec, s, E, W)
+    # A real direction of a complex S: its cotangent is the real part (the adjoint of embedding R in C).
+    dE = real_part(xp, dE) if real_direction else dE
     return sum_to(xp, dS, shape), sum_to(xp, dE, tuple(E.shape))
 
 

@@ -183,8 +183,19 @@ def test_frechet_properties_as_pyriemann_states_them():
         np.testing.assert_allclose(np.trace(DX @ Y), np.trace(X @ DY), rtol=1e-12)
         np.testing.assert_allclose(eigpool.frechet(fn, np.eye(4, dtype=complex), X), (np.e if fn == "exp" else 1.0) * X,
                                    atol=1e-14)
+        real = _hermitian_direction(rng, 4, False)  # a real direction of a complex S
+        np.testing.assert_allclose(eigpool.frechet(fn, S, real), eigpool.frechet(fn, S, real.astype(complex)))
         batch = eigpool.frechet(fn, S, np.stack([X, Y]))
         np.testing.assert_allclose(batch, np.stack([DX, DY]), atol=1e-14)
+
+
+def test_frechet_gradient_of_a_real_direction_of_a_complex_matrix():
+    S = torch.tensor(hpd(34, TIED)).requires_grad_(True)
+    E = torch.tensor(_hermitian_direction(np.random.default_rng(34), 4, False)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda S, E: eigpool.frechet("log", (S + torch.conj_physical(S).mT) / 2, E),
+                                    (S, E))
+    with pytest.raises(ValueError, match="E complex only for a complex S"):
+        eigpool.frechet("log", spd(34, DISTINCT), hpd(35, DISTINCT))
 
 
 def test_frechet_gradients_in_s_and_e():
