@@ -155,7 +155,6 @@ OPS = [
     Op("powm(0.3)", lambda S: eigpool.powm(S, 0.3), _power(0.3), second_order=True, complex=True),
     Op("powm(-1.5)", lambda S: eigpool.powm(S, -1.5), _power(-1.5), second_order=True, complex=True),
     Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True, complex=True),
-    Op("powm(np.float32(0.5))", lambda S: eigpool.powm(S, np.float32(0.5)), _sqrt, second_order=True, complex=True),
     # The exponent as a 0-d array of S's library: an input of the primitive (a constant here; its own derivative is
     # tested in test_spd.py).
     Op("powm(array 0.3)", lambda S: eigpool.powm(S, _exponent_like(S, 0.3)), _power(0.3), second_order=True,
@@ -171,7 +170,7 @@ OPS = [
        complex=True),
     # One triangle read (LAPACK's and pyRiemann's convention): any square input, the gradient in that triangle.
     Op("logm(triangle='lower')", lambda S: eigpool.logm(S, triangle="lower"), lambda S: _kind_of(S, sl.logm(S)),
-       symmetric=False, second_order=True, complex=True),
+       symmetric=False, second_order=True, complex=True, spectra=("distinct", "repeated")),
     Op("seb", eigpool.seb, _seb, complex=True),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
