@@ -220,5 +220,6 @@ SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
     "exp_neg": SpectralFunction("exp_neg", lambda xp, l: xp.exp(-l), lambda xp, l: -xp.exp(-l), _exp_neg_dd, False,
                                 _dd2_from(_exp_neg_dd, lambda xp, y: (xp.exp(-y), -xp.exp(-y), xp.exp(-y)), 1.0)),
     "identity": SpectralFunction("identity", lambda xp, l: l, lambda xp, l: xp.ones_like(l),
-                                 lambda xp, a, b: xp.ones_like(a + b), False),
+                                 lambda xp, a, b: xp.ones_like(a + b), False,
+                                 lambda xp, a, b, c: xp.zeros_like(a + b + c)),
 }

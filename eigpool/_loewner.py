@@ -34,11 +34,13 @@ order; Bhatia, Matrix Analysis, Thm V.3.3), with Gh = U^T sym(G) U and Wh = U^T 
 
     dG = V(S, W)   (DF(S) is self-adjoint),      dS = U (A + A^T) U^T,   A_ab = sum_c g[l_a, l_b, l_c] Gh_ac Wh_cb,
 
-(for complex Hermitian S: U^H for U^T and A + A^H, the adjoint for Re tr(A^H B)) with the second divided
-differences of g, exact at ties (f[a, a, a] = f''(a) / 2; eigpool._divided). Across the floor,
-g agrees near each eigenvalue with a smooth function (f above tau, the constant f(tau) below), and the second
-derivative of F depends only on g near the eigenvalues, so g[x, y, z] on the sorted triple is the recurrence
-(g[y, z] - g[x, y]) / (z - x) of the floored first differences, and 0 when all three are below the floor. It builds
+(for complex Hermitian S: U^H for U^T and A + A^H, the adjoint for Re tr(A^H B)) with
+the second divided differences of g, exact at ties (f[a, a, a] = f''(a) / 2; eigpool._divided). Across the floor and
+the truncation cut, g agrees near each eigenvalue with a smooth function (f above tau and kept, the constant f(tau)
+below it, 0 where dropped), and the second derivative of F depends only on g near the eigenvalues, so for a triple
+that leaves the top piece g[x, y, z] on the sorted triple is the recurrence (g[y, z] - g[x, y]) / (z - x) of the
+first differences, the Loewner matrix's own entries (z > x there: the pieces are separated; a cut inside a tie has no
+derivative). It builds
 (..., d, d, d) arrays (memory d^3 per matrix: meant for double backward, gradient penalties and checks).
 """
 
@@ -46,9 +48,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._divided import sort3
 from ._kernels import tie_tolerance
-from ._xp import ct, diag_embed, diagonal, is_complex, sym
+from ._xp import ct, device_of, diag_embed, diagonal, is_complex, sym
 
 __all__ = ["Spectrum", "loewner", "second_order_vjp"]
 
@@ -112,35 +113,44 @@ def loewner(xp: Any, spec: Any, s: Spectrum) -> Any:
     return L - diag_embed(xp, diagonal(xp, L)) + diag_embed(xp, slope)
 
 
-def _second_differences(xp: Any, spec: Any, s: Spectrum) -> Any:
-    """g[l_a, l_b, l_c] (..., d, d, d) ([Note: spectral second order])."""
-    fn = spec.fn
+def _second_differences(xp: Any, spec: Any, s: Spectrum, L: Any) -> Any:
+    """g[l_a, l_b, l_c] (..., d, d, d) ([Note: spectral second order]), given the Loewner matrix L of the spectrum."""
     m = s.m
-    f3 = fn.dd2(xp, m[..., :, None, None], m[..., None, :, None], m[..., None, None, :])
-    if s.above is None:
+    f3 = spec.fn.dd2(xp, m[..., :, None, None], m[..., None, :, None], m[..., None, None, :])
+    smooth = s.above if s.keep is None else s.keep if s.above is None else s.above & s.keep
+    if smooth is None:
         return f3
-    a = s.above
-    every = a[..., :, None, None] & a[..., None, :, None] & a[..., None, None, :]
-    x, y, z = sort3(xp, s.l[..., :, None, None], s.l[..., None, :, None], s.l[..., None, None, :])
-    tau = s.tau[..., None, None]
+    # Triples that leave the top piece (f above the floor, kept): the recurrence on the sorted triple, with the
+    # first differences g[y, z] of the Loewner matrix itself. The eigenvalues ascend with their index, so sorting the
+    # indices sorts the triple; the pieces are ordered (dropped, floored, f), so a triple across pieces has z > x.
+    d = m.shape[-1]
+    i = xp.arange(d, device=device_of(m))
+    a, b, c = i[:, None, None], i[None, :, None], i[None, None, :]
+    low, high = xp.minimum(xp.minimum(a, b), c), xp.maximum(xp.maximum(a, b), c)
+    mid = a + b + c - low - high
+    flat = xp.reshape(L, (*L.shape[:-2], d * d))
 
-    def first(u: Any, v: Any) -> Any:
-        mu, mv = xp.maximum(u, tau), xp.maximum(v, tau)
-        return _floored_dd(xp, fn.dd(xp, mu, mv), u, v, mu, mv, u >= tau, v >= tau)
+    def pairs(u: Any, v: Any) -> Any:
+        return xp.reshape(xp.take(flat, xp.reshape(u * d + v, (-1,)), axis=-1), (*L.shape[:-2], d, d, d))
 
-    spread = z - x
-    mixed = (first(y, z) - first(x, y)) / xp.where(spread > 0, spread, 1.0)
-    return xp.where(every, f3, mixed)
+    def values(u: Any) -> Any:
+        return xp.reshape(xp.take(s.l, xp.reshape(u, (-1,)), axis=-1), (*L.shape[:-2], d, d, d))
+
+    spread = values(high) - values(low)
+    across = (pairs(mid, high) - pairs(low, mid)) / xp.where(spread > 0, spread, 1.0)
+    every = smooth[..., :, None, None] & smooth[..., None, :, None] & smooth[..., None, None, :]
+    return xp.where(every, f3, across)
 
 
 def second_order_vjp(xp: Any, spec: Any, s: Spectrum, G: Any, W: Any) -> tuple[Any, Any]:
     """(dS, dG): the VJP, for the cotangent W, of (S, G) -> V(S, G) = U (L o (U^H sym(G) U)) U^H
-    ([Note: spectral second order]); exact backward, no truncation, no SEB. Batch shapes of S (in ``s``), G and W
-    broadcast (``frechet`` of one S in a batch of directions)."""
+    ([Note: spectral second order]); exact backward (no eigenvector kernel), no SEB. Batch shapes of S (in ``s``),
+    G and W broadcast (``frechet`` of one S in a batch of directions)."""
     U, Uh = s.U, ct(xp, s.U)
     Gh, Wh = Uh @ sym(xp, G) @ U, Uh @ sym(xp, W) @ U
-    dG = U @ (loewner(xp, spec, s) * Wh) @ Uh
-    f3 = _second_differences(xp, spec, s)
+    L = loewner(xp, spec, s)
+    dG = U @ (L * Wh) @ Uh
+    f3 = _second_differences(xp, spec, s, L)
     # A_ab = sum_c g[a, b, c] Gh_ac Wh_cb: Wh_cb at (b, c) is Wh^T (= Wh for real symmetric W, conj(Wh) for complex).
     Wt = xp.conj(Wh) if is_complex(xp, Wh) else Wh
     A = xp.sum(f3 * Gh[..., :, None, :] * Wt[..., None, :, :], axis=-1)

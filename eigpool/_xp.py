@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import device as compat_device
-
 __all__ = ["arange_like", "cast", "ct", "device_of", "diag_embed", "diagonal", "eye_like", "is_complex", "max_abs",
            "real_part", "span", "sym"]
 
 
 def device_of(x: Any) -> Any:
-    """The device of ``x``: the array API attribute ``x.device`` (read as an attribute, so that tracing compilers see
-    no library type tests), or array_api_compat's ``device`` for an array without it (NumPy 1.x)."""
+    """The device of ``x``, the array API attribute ``x.device`` (read as an attribute, so that tracing compilers see
+    no library type tests), or None (the default device) for an array without one: a JAX tracer inside ``jit``, whose
+    constants are placed with the computation, and NumPy 1.x."""
     try:
         return x.device
     except AttributeError:
-        return compat_device(x)
+        return None
 
 
 def eye_like(xp: Any, x: Any, d: int | None = None) -> Any:

@@ -53,12 +53,12 @@ from ._checks import check_truncate, checked
 from ._divided import SpectralFunction
 from ._loewner import Spectrum, loewner
 from ._primitive import Primitive, bind, compute_dtype_of, namespace_of
-from ._spec import GRADS, ComputeSpec, GramSpec, NewtonSchulzSpec, SpectralSpec, resolve_spectral
+from ._spec import ComputeSpec, GramSpec, NewtonSchulzSpec, SpectralSpec, resolve_spectral
 from ._xp import arange_like, cast, diagonal, eye_like, max_abs, span
 from .covariance import check_features, covariance_p
 from .newton_schulz import newton_schulz_p
 from .spectral import seb_gain_slope, spectral_p
-from .triu import concat_pieces, pack_rows, row_offset, triu_vec_p, unpack_rows
+from .triu import diagonal_mask, diagonal_positions, pack_rows, triu_vec_p, unpack_rows
 
 __all__ = ["PATHS", "gram_spectral_p", "pooled", "pooled_spec", "resolve_path"]
 
@@ -142,12 +142,11 @@ def resolve_path(op: str, path: str, d: int, n: int, grad: str = "exact") -> str
     """"dense" or "gram" for ``path`` and features of d channels over n positions.
 
     "auto" takes the Gram route when n < d (rank-deficient covariance: an n x n eigendecomposition instead of d x d)
-    and the gradient is exact; "gram" with an approximate ``grad`` raises ValueError.
+    and the gradient is exact; "gram" with an approximate ``grad`` (a resolved name, ``SpectralSpec.grad``) raises
+    ValueError.
     """
     if path not in PATHS:
         raise ValueError(f"{op}: path must be one of {PATHS}, got {path!r}")
-    if grad not in GRADS:
-        raise ValueError(f"{op}: grad must be one of {GRADS}, got {grad!r}")
     if path == "gram" and grad != "exact":
         raise ValueError(f"{op}: path='gram' computes the exact gradient only; grad={grad!r} needs the eigenvectors of "
                          "S: use path='dense' (or 'auto')")
@@ -222,32 +221,32 @@ def _row_blocks(d: int) -> list[tuple[int, int]]:
 def _triu_of_sum(xp: Any, A: Any, B: Any, c: Any, dtype: Any) -> Any:
     """triu_vec(A B^T + c I) in ``dtype`` for A, B (..., d, N) with A B^T symmetric, c (..., 1), block by block.
 
-    Each block is cast to ``dtype`` once and the vector is one concatenation of the blocks' row slices: a
-    whole-vector cast would cost a fresh copy."""
-    pieces: list[Any] = []
-    for a, b in _row_blocks(A.shape[-2]):
-        P = cast(xp, span(A, a, b, -2) @ span(B, a, None, -2).mT, dtype)
-        pieces += pack_rows(xp, P, cast(xp, diagonal(xp, span(P, 0, b - a, -1)) + c, dtype))
-    return concat_pieces(xp, pieces, A, dtype)
+    Each block is cast to ``dtype`` once and gathered into its segment; c is added on the diagonal positions of the
+    vector at the end (a whole-vector cast would cost a fresh copy)."""
+    d = A.shape[-2]
+    segments = [pack_rows(xp, cast(xp, span(A, a, b, -2) @ span(B, a, None, -2).mT, dtype), a)
+                for a, b in _row_blocks(d)]
+    v = segments[0] if len(segments) == 1 else xp.concat(segments, axis=-1)
+    return v + cast(xp, c, dtype) * diagonal_mask(xp, v, d)
 
 
 def _symmetric_times(xp: Any, v: Any, c: Any, Y: Any) -> Any:
     """(Ws + diag(c)) Y for the symmetric Ws with v_ij at (i, j) and (j, i) (v: (..., d(d+1)/2) in triu_vec order,
     any real dtype), c (..., d) and Y (..., d, N) of the compute dtype; in Y's dtype.
 
-    Block k (rows [a, b), Q_k = (Ws + diag(c))[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry,
-    Q_k[:, b - a:]^T Y[a:b] to the rows below it: 2b - 1 products, the same work as one d x d x N product."""
+    Block k (rows [a, b), Q_k = Ws[a:b, a:]) gives Q_k Y[a:] to its own rows and, by symmetry, Q_k[:, b - a:]^T Y[a:b]
+    to the rows below it: 2b - 1 products, the same work as one d x d x N product. diag(c) Y is one pass over Y."""
     d = Y.shape[-2]
     rows, below = [], None
     for a, b in _row_blocks(d):
-        Q = unpack_rows(xp, v, d, a, b, Y.dtype, add_diagonal=span(c, a, b, -1))
+        Q = unpack_rows(xp, v, d, a, b, Y.dtype)
         row = Q @ span(Y, a, None, -2)
         rows.append(row if below is None else row + below[..., : b - a, :])
         if b < d:
             # Contributions to rows b.. from this block's columns; rows of the earlier blocks are done.
             new = Q[..., :, b - a:].mT @ Y[..., a:b, :]
             below = new if below is None else below[..., b - a:, :] + new
-    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)
+    return (rows[0] if len(rows) == 1 else xp.concat(rows, axis=-2)) + c[..., :, None] * Y
 
 
 def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, spec: GramSpec) -> tuple:
@@ -259,7 +258,7 @@ def _gram_vjp(xp: Any, res: _GramResiduals, G: Any, *, spec: GramSpec) -> tuple:
     if spec.triu:
         # G is the cotangent of the vector: 2 Gs = Ws + diag(G_ii), Ws the symmetric matrix holding G_ij at (i, j) and
         # (j, i), built from the vector block by block in Y's dtype (cast_cotangents=False: no whole-vector cast).
-        g_diag = xp.astype(xp.take(G, row_offset(d, arange_like(xp, G, d)), axis=-1), Y.dtype)
+        g_diag = cast(xp, xp.take(G, diagonal_positions(xp, G, d), axis=-1), Y.dtype)
         T = _symmetric_times(xp, G, g_diag, Y)
     else:
         # G Y + G^T Y: a transposed operand costs nothing in a product, a d x d transpose-add costs more.

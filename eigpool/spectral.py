@@ -368,14 +368,67 @@ def _spectral_vjp(xp: Any, s: Spectrum, G: Any, *, spec: SpectralSpec) -> tuple:
 
 def _spectral_vjp_vjp(xp: Any, s: Spectrum, cotangents: tuple, W: Any, *, spec: SpectralSpec) -> tuple:
     # The VJP is T^*(V(T S, G)) for the input map T (``hermitian_input``): its cotangent W acts as T(W).
-    dS, dG = second_order_vjp(xp, spec, s, cotangents[0], hermitian_input(xp, W, spec))
+    W = hermitian_input(xp, W, spec)
+    if spec.seb:
+        dS, dG = _seb_vjp_vjp(xp, s, cotangents[0], W, spec)
+    else:
+        dS, dG = second_order_vjp(xp, spec, s, cotangents[0], W)
     return triangle_adjoint(xp, spec, dS), dG
 
 
+def _seb_slope_dd(xp: Any, a: Any, b: Any) -> Any:
+    # v(x) = (1 - 2x) e^{-2x}; with h = a - b: v(a) - v(b) = e^{-2b} ((1 - 2a) expm1(-2h) - 2h), no cancellation;
+    # v[a, a] = v'(a) = (4a - 4) e^{-2a}.
+    h = a - b
+    near = h == 0
+    ratio = xp.where(near, -2.0, xp.expm1(-2 * h) / xp.where(near, 1.0, h))
+    return xp.exp(-2 * b) * ((1 - 2 * a) * ratio - 2)
+
+
+#: u'(x) for u(x) = x e^{-2x}, the eigenvalue function of SEB's gain rho^2 = sum_i u(m_i) (its Loewner matrix is the
+#: Hessian of rho^2).
+_SEB_SLOPE = SpectralFunction("seb_slope", lambda xp, l: (1 - 2 * l) * xp.exp(-2 * l),
+                              lambda xp, l: (4 * l - 4) * xp.exp(-2 * l), _seb_slope_dd, False)
+
+
+def _seb_vjp_vjp(xp: Any, s: Spectrum, G: Any, W: Any, spec: SpectralSpec) -> tuple:
+    """[Note: SEB second order]
+    F = (1 + rho) F0, V(S, G) = (1 + rho) V0(S, G) + <G, F0> grad rho, with F0 the
+    floored square root, rho = sqrt(phi), phi = sum_i u(m_i), u(x) = x e^{-2x}. For the cotangent W of V:
+
+        dS = (1 + rho) R0(G, W) + <W, V0(S, G)> grad rho + <W, grad rho> V0(S, G)
+             + <G, F0> (H_phi[W] / (2 rho) - grad rho <grad rho, W> / rho),
+        dG = J W = (1 + rho) V0(S, W) + <grad rho, W> F0,
+
+    R0 the second-order rule of F0, H_phi[W] = U (L_u' o (U^T W U)) U^T the Hessian of phi (the Loewner matrix of u',
+    0 below the floor), grad rho = U diag(u'(m) / (2 rho)) U^T. Where rho = 0 (S = 0) the rho terms are 0, as in the
+    first derivative."""
+    base = SpectralSpec(spec.fn, None, spec.floor, spec.truncate, False, spec.compute_dtype)
+    R0, V0W = second_order_vjp(xp, base, s, G, W)
+    U, Ut = s.U, ct(xp, s.U)
+    Gh, Wh = Ut @ sym(xp, G) @ U, Ut @ sym(xp, W) @ U
+    V0G = loewner(xp, base, s) * Gh
+    Wc = xp.conj(Wh) if is_complex(xp, Wh) else Wh
+    slope = seb_gain_slope(xp, s)
+    alive = (s.rho > 0)[..., None, None]
+    safe = xp.where(s.rho > 0, s.rho, 1.0)[..., None, None]
+    # Inner products Re tr(A^H B) (real for real input).
+    g_f = xp.sum(real_part(xp, diagonal(xp, Gh)) * s.g, axis=-1)[..., None, None]      # <G, F0>
+    w_v0 = xp.sum(real_part(xp, Wc * V0G), axis=(-2, -1))[..., None, None]             # <W, V0(S, G)>
+    w_r = xp.sum(real_part(xp, diagonal(xp, Wh)) * slope, axis=-1)[..., None, None]    # <W, grad rho>
+    u_slope = Spectrum(s.l, U, s.l, xp.where(s.above, _SEB_SLOPE.f(xp, s.l), 0.0), None, s.above, None, None)
+    hessian = loewner(xp, SpectralSpec(_SEB_SLOPE, None, None, 0, False), u_slope) * Wh
+    inner = (w_v0 * diag_embed(xp, slope) + w_r * V0G
+             + g_f * (hessian / (2 * safe) - diag_embed(xp, slope) * w_r / safe))
+    dS = (1 + s.rho)[..., None, None] * R0 + U @ xp.where(alive, inner, 0.0) @ Ut
+    F0 = (U * s.g[..., None, :]) @ Ut
+    return dS, (1 + s.rho)[..., None, None] * V0W + w_r * F0
+
+
 def _spectral_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:
-    """The rule of [Note: spectral second order] where it covers ``spec``, else None."""
-    covered = spec.kernel is None and not spec.truncate and not spec.seb and spec.fn.dd2 is not None
-    return _spectral_vjp_vjp if covered else None
+    """The rule of [Note: spectral second order] (and [Note: SEB second order]) where it covers ``spec``: the exact
+    backward of a function with second divided differences; else None."""
+    return _spectral_vjp_vjp if spec.kernel is None and spec.fn.dd2 is not None else None
 
 
 spectral_p = Primitive("spectral", _spectral_forward, _spectral_vjp, aux_outputs=1,

@@ -31,12 +31,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import attribution as A
-from .checkpoint import load_checkpoint
 from .config import Config
-from .data import Skipped, build_datasets, collate_skipping, image_transform
-from .heads import FGVCNet, set_gcp_method
+from .data import Skipped, build_datasets, collate_skipping, handle_skipped, image_transform
+from .factory import load_network
+from .heads import FGVCNet
 from .plots import pyplot, save_figure
-from .train import model_from_config
 
 __all__ = ["attribution_maps", "load_model", "main", "plot_curves", "plot_groups", "plot_maps", "plot_spectrum",
            "run_attribution", "run_image", "write_csv"]
@@ -154,32 +153,29 @@ def load_model(checkpoint: str | os.PathLike) -> tuple[FGVCNet, Config, list[str
 
     The head's matrix function is the one the checkpoint was saved with (the hybrid protocol switches it).
     """
-    ckpt = load_checkpoint(checkpoint)
-    config = Config(**ckpt["config"]).validate()
+    model, config, classes = load_network(checkpoint)
     if config.head != "gcp":
         raise ValueError(f"attribute: {os.fspath(checkpoint)!r} is a {config.head!r} model; eigenvalue attribution "
                          "needs a GCP head")
-    model = model_from_config(config, len(ckpt["classes"]), pretrained=False)
-    if ckpt.get("method", config.method) != model.head.normalise.method:
-        set_gcp_method(model, ckpt["method"], grad=config.grad, seb=config.seb, truncate=config.truncate,
-                       iterations=config.iterations, compute_dtype=config.compute_dtype)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), config, list(ckpt["classes"])
+    return model, config, classes
 
 
-def _batches(dataset: Dataset, batch_size: int, limit: int | None) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(dataset: Dataset, batch_size: int, limit: int | None, bad_images: str
+             ) -> Iterator[tuple[Tensor, Tensor]]:
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
-    for images, labels, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping):
+    for images, labels, skipped in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping):
+        handle_skipped(skipped, bad_images)
         if labels.numel():
             yield images, labels
 
 
-def _pick(dataset: Dataset, count: int) -> tuple[list[int], Tensor, Tensor]:
+def _pick(dataset: Dataset, count: int, bad_images: str) -> tuple[list[int], Tensor, Tensor]:
     """``count`` images spread evenly over the data set (data sets stored in class order then show several classes)."""
     n = len(dataset)
     wanted = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
     items = [(i, dataset[i]) for i in wanted]
+    handle_skipped([item for _, item in items if isinstance(item, Skipped)], bad_images)
     items = [(i, item) for i, item in items if not isinstance(item, Skipped)]
     if not items:
         raise ValueError(f"attribute: none of the images {wanted} of the split could be read")
@@ -229,8 +225,8 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
     groups = A.partition(d, bands)
     spectra: list[Tensor] = []
     # One pass over the data for the curves, the bands and the spectrum (the backbone dominates the cost).
-    rows = A.group_effects(parts, _batches(dataset, batch_size, limit), [*A.curve_groups(ks), *groups], alpha,
-                           spectra=spectra)
+    rows = A.group_effects(parts, _batches(dataset, batch_size, limit, config.bad_images),
+                           [*A.curve_groups(ks), *groups], alpha, spectra=spectra)
     curves = A.curve_rows(rows[:2 * len(ks)], ks)
     group_rows = rows[2 * len(ks):]
     spectrum = A.spectrum_stats(torch.cat(spectra))
@@ -240,7 +236,7 @@ def run_attribution(checkpoint: str | os.PathLike, out: str | os.PathLike, *, sp
     plot_spectrum(spectrum, os.path.join(out, "spectrum.png"), title)
     write_csv(os.path.join(out, "groups.csv"), group_rows)
     plot_groups(group_rows, os.path.join(out, "groups.png"), title)
-    indices, pictures, targets = _pick(dataset, images)
+    indices, pictures, targets = _pick(dataset, images, config.bad_images)
     maps = attribution_maps(parts, pictures, targets, groups, alpha)
     _write_maps(out, maps, groups, pictures, [f"#{i} class {int(t)}" for i, t in zip(indices, targets, strict=True)],
                 indices, targets, title)

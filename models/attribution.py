@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import eigpool
+from eigpool.backends.torch import TokenGCPHead
 
 __all__ = ["BackpropMaps", "EigenGroup", "EigenState", "GCPParts", "accuracy_curves", "backprop_attribution", "band",
            "curve_groups", "curve_rows", "eigen_state", "from_model", "gcp_parts", "group_effects",
@@ -164,6 +165,9 @@ def gcp_parts(backbone: Callable[[Tensor], Tensor], head: nn.Module, classifier:
               ) -> GCPParts:
     """Parts of ``classifier(head(backbone(x)))`` for a head built like ``eigpool.backends.torch.GCPHead``: optional
     ``reduce`` block, covariance, ``normalise`` (S -> F), triu_vec, all in ``compute_dtype`` (a name or None)."""
+    if isinstance(head, TokenGCPHead):
+        raise TypeError("gcp_parts: the head pools tokens (TokenGCPHead); eigenvalue attribution and its maps need a "
+                        "feature-map head (GCPHead on a CNN or Swin backbone)")
     for attr in ("reduce", "normalise", "compute_dtype"):
         if not hasattr(head, attr):
             raise TypeError(f"gcp_parts: head must have the attributes reduce, normalise and compute_dtype of "

@@ -22,9 +22,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "load_pretrained"]
+from .errors import SettingsError
 
-BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101")
+__all__ = ["BACKBONES", "BACKBONE_CHANNELS", "Backbone", "build_backbone", "load_pretrained"]
+
+#: Channels of each backbone's last feature map (the GCP head's input C), known before any network is built.
+BACKBONE_CHANNELS = {"tiny": 64, "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+BACKBONES = tuple(BACKBONE_CHANNELS)
 
 
 class Backbone(nn.Module):
@@ -109,17 +113,24 @@ def load_pretrained(backbone: Backbone, path: str | os.PathLike) -> None:
 
     Strict for the backbone's keys (every one must be present with the right shape); the classifier (``fc.*``) and
     nothing else may be extra. Accepts a bare state dict or a checkpoint dict with a ``state_dict``/``model`` entry.
+    A missing, unreadable or mismatched file raises SettingsError naming it.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"load_pretrained: weights file {path!r} does not exist (nothing is downloaded: save "
-                                f"torchvision's ImageNet {backbone.name} weights to a local file and pass its path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise SettingsError(f"load_pretrained: weights file {path!r} does not exist (nothing is downloaded: save "
+                            f"torchvision's ImageNet {backbone.name} weights to a local file and pass its path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises pickle, zip and runtime errors of several kinds on a bad file
+        raise SettingsError(f"load_pretrained: cannot read weights file {path!r}: {err}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise SettingsError(f"load_pretrained: {path!r} holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"load_pretrained: {path!r} is not a torchvision {backbone.name} state dict: {err}") from None
+        raise SettingsError(f"load_pretrained: {path!r} is not a torchvision {backbone.name} state dict: "
+                            f"{err}") from None

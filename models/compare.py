@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
-from .config import Config, load_preset
+from .config import Config, load_preset, parse_yaml
 from .train import train
 
 __all__ = ["HEAD_SETTINGS", "main"]
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     common = load_preset("synthetic") | {"out_dir": args.out_dir, "progress": False}
     for item in args.set:
         key, _, value = item.partition("=")
-        common[key] = yaml.safe_load(value)
+        common[key] = parse_yaml(value, f"--set {key}")
     rows = []
     for variant in args.variants:
         for head in args.heads:

@@ -3,8 +3,10 @@
 Each reader returns lists of (path, label) for the official train and test splits; ``build_datasets`` carves a
 validation split out of the training split (stratified, seeded, ``val_fraction``) unless the layout has its own, so
 that the best checkpoint is chosen on validation data and never on the test set. A missing or malformed data set raises
-``DatasetLayoutError``, whose message shows the layout that was expected. An unreadable image raises
-``ImageReadError`` with its path (``bad_images="stop"``) or is skipped and counted (``bad_images="skip"``).
+``DatasetLayoutError``, whose message shows the layout that was expected. An unreadable image (a corrupt or truncated
+file, or a decompression bomb: more pixels than PIL's limit) becomes a ``Skipped`` item, which the consumer handles
+with ``handle_skipped``: ``ImageReadError`` with its path (``bad_images="stop"``), or a count (``bad_images="skip"``).
+The decision is taken in the consuming process, so the message is the same with data-loading workers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch.utils.data import Dataset
 from .synthetic import SyntheticFGVC, SyntheticSpec
 
 __all__ = ["LAYOUTS", "DatasetLayoutError", "ImageListDataset", "ImageReadError", "Skipped", "Splits",
-           "build_datasets", "collate_skipping", "read_aircraft", "read_cars", "read_cub", "read_folder"]
+           "build_datasets", "collate_skipping", "handle_skipped", "read_aircraft", "read_cars", "read_cub",
+           "read_folder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,10 +68,19 @@ class ImageReadError(OSError):
 
 @dataclass(frozen=True)
 class Skipped:
-    """The placeholder an unreadable image becomes with ``bad_images="skip"``."""
+    """The placeholder an unreadable image becomes: its path and why it could not be read."""
 
     path: str
     reason: str
+
+
+def handle_skipped(skipped: Sequence[Skipped], bad_images: str) -> None:
+    """Apply the ``bad_images`` policy to the unreadable images of a batch: "stop" raises ImageReadError for the first
+    one; "skip" accepts them (the caller counts and reports them)."""
+    if skipped and bad_images == "stop":
+        first = skipped[0]
+        raise ImageReadError(f"cannot read image {first.path!r}: {first.reason} (bad_images=skip skips and counts "
+                             "unreadable images)")
 
 
 def _layout_error(kind: str, root: str, problem: str) -> DatasetLayoutError:
@@ -177,44 +189,61 @@ def read_aircraft(root: str) -> tuple[Samples, Samples, list[str]]:
     return samples(trainval), samples(test), names
 
 
-def _folder_split(root: str, split: str, classes: list[str] | None) -> tuple[Samples, list[str]]:
+def _class_folders(folder: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+
+
+def _folder_split(root: str, split: str, classes: list[str]) -> Samples:
     folder = os.path.join(root, split)
-    classes = classes or sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    if not classes:
-        raise _layout_error("folder", root, f"{folder!r} has no class folders")
     samples = []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
         if os.path.isdir(class_dir):
             samples += [(os.path.join(class_dir, f), label) for f in sorted(os.listdir(class_dir))
                         if f.lower().endswith(IMAGE_EXTENSIONS)]
-    if not samples:
-        raise _layout_error("folder", root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
-    return samples, classes
+    return samples
 
 
 def read_folder(root: str) -> tuple[Samples, Samples, Samples | None, list[str]]:
-    """Image folder: (train, test, val or None, class names from train/'s sub-folders, sorted)."""
+    """Image folder: (train, test, val or None, class names from train/'s sub-folders, sorted).
+
+    Every class folder under train/ must hold images (an empty one would be an output class without data), and every
+    class folder under test/ and val/ must exist under train/ (its images would otherwise be dropped)."""
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise _layout_error("folder", root, f"missing folder {os.path.join(root, split)!r}")
-    train, classes = _folder_split(root, "train", None)
-    test, _ = _folder_split(root, "test", classes)
-    val = _folder_split(root, "val", classes)[0] if os.path.isdir(os.path.join(root, "val")) else None
-    return train, test, val, classes
+    classes = _class_folders(os.path.join(root, "train"))
+    if not classes:
+        raise _layout_error("folder", root, f"{os.path.join(root, 'train')!r} has no class folders")
+    train = _folder_split(root, "train", classes)
+    empty = sorted(set(classes) - {classes[label] for _, label in train})
+    if empty:
+        raise _layout_error("folder", root, f"training class folders {empty} under {os.path.join(root, 'train')!r} "
+                                            f"hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+    splits = {}
+    for split in ("test", "val"):
+        folder = os.path.join(root, split)
+        if split == "val" and not os.path.isdir(folder):
+            continue
+        extra = sorted(set(_class_folders(folder)) - set(classes))
+        if extra:
+            raise _layout_error("folder", root, f"class folders {extra} under {folder!r} have no training folder "
+                                                f"under {os.path.join(root, 'train')!r}")
+        splits[split] = _folder_split(root, split, classes)
+        if not splits[split]:
+            raise _layout_error("folder", root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
+    return train, splits["test"], splits.get("val"), classes
 
 
 class ImageListDataset(Dataset):
     """Images from a list of (path, label): PIL RGB -> ``transform``. ``crop_bottom`` removes that many pixel rows at
-    the bottom first (FGVC-Aircraft's copyright banner). Unreadable files: ``bad_images`` "stop" raises
-    ImageReadError with the path, "skip" returns a ``Skipped`` that ``collate_skipping`` drops and counts."""
+    the bottom first (FGVC-Aircraft's copyright banner). An unreadable file (corrupt, truncated, not an image, or a
+    decompression bomb) becomes a ``Skipped`` item, which ``collate_skipping`` sets apart and ``handle_skipped``
+    judges."""
 
     def __init__(self, samples: Samples, classes: list[str], transform: Callable | None = None,
-                 bad_images: str = "stop", crop_bottom: int = 0) -> None:
-        if bad_images not in ("stop", "skip"):
-            raise ValueError(f"ImageListDataset: bad_images must be 'stop' or 'skip', got {bad_images!r}")
-        self.samples, self.classes, self.transform = samples, classes, transform
-        self.bad_images, self.crop_bottom = bad_images, crop_bottom
+                 crop_bottom: int = 0) -> None:
+        self.samples, self.classes, self.transform, self.crop_bottom = samples, classes, transform, crop_bottom
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -226,20 +255,17 @@ class ImageListDataset(Dataset):
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as err:
-            if self.bad_images == "stop":
-                raise ImageReadError(f"cannot read image {path!r}: {err} (use bad_images=skip to skip and count "
-                                     "unreadable images)") from None
-            return Skipped(path, str(err))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return Skipped(path, f"{type(err).__name__}: {err}")
         if self.crop_bottom:
             image = image.crop((0, 0, image.width, image.height - self.crop_bottom))
         return (self.transform(image) if self.transform else image), label
 
 
-def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack (image, label) pairs; drop ``Skipped`` items and return their paths as the third element."""
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
+    """Stack (image, label) pairs; set ``Skipped`` items apart and return them as the third element."""
     kept = [item for item in batch if not isinstance(item, Skipped)]
-    skipped = [item.path for item in batch if isinstance(item, Skipped)]
+    skipped = [item for item in batch if isinstance(item, Skipped)]
     if not kept:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([image for image, _ in kept])
@@ -304,6 +330,6 @@ def build_datasets(config: Any) -> Splits:
     eval_tf = image_transform(config.resize, config.crop, False)
 
     def dataset(samples: Samples, transform: Callable) -> ImageListDataset:
-        return ImageListDataset(samples, classes, transform, config.bad_images, crop_bottom)
+        return ImageListDataset(samples, classes, transform, crop_bottom)
 
     return Splits(dataset(train, train_tf), dataset(val, eval_tf) if val else None, dataset(test, eval_tf), classes)

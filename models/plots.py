@@ -23,8 +23,8 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> None:
     """Lay out ``fig``, write it as PNG to ``path`` atomically (temporary file, then ``os.replace``) and close it."""
     fig.tight_layout()
     path = os.fspath(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=dpi)
+    tmp = path + ".tmp"
+    fig.savefig(tmp, dpi=dpi, format="png")
     pyplot().close(fig)
     os.replace(tmp, path)
 

@@ -29,11 +29,10 @@ import sys
 from typing import Any
 
 import torch
-import yaml
 
 from .attribute import run_attribution, write_csv
 from .checkpoint import load_checkpoint
-from .config import PRESETS, Config, load_preset
+from .config import PRESETS, Config, load_preset, parse_yaml
 from .plots import pyplot, save_figure
 from .train import train
 
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set takes KEY=VALUE items, got {item!r}")
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = parse_yaml(value, f"--set {key}")
     models = args.models or [m for m in MODELS if m != "seb-lr" or args.seb_lr is not None]
     rows = []
     for variant in args.variants:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+
+if importlib.util.find_spec("jax") is not None:
+    import jax
+
+    # The tests compare against float64 references: JAX's 64-bit mode, before any JAX array is made.
+    jax.config.update("jax_enable_x64", True)
 
 
 class _ReadOnlyNumPy:
@@ -43,3 +51,12 @@ def spd(seed: int, eigenvalues) -> np.ndarray:
     q = q * np.sign(np.diag(r))
     s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T
     return (s + s.T) / 2
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Training runs set torch's thread count (one thread for tiny tensors on a busy machine): restore it after."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

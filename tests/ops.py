@@ -15,19 +15,10 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sl
+from conftest import spd
 
 import eigpool
 from eigpool._divided import SpectralFunction
-
-
-def spd(seed: int, eigenvalues: Any) -> np.ndarray:
-    """Q diag(eigenvalues) Q^T with a seeded random orthogonal Q, symmetrised."""
-    rng = np.random.default_rng(seed)
-    d = len(eigenvalues)
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    q = q * np.sign(np.diag(r))
-    s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T
-    return (s + s.T) / 2
 
 
 def hpd(seed: int, eigenvalues: Any) -> np.ndarray:
@@ -41,13 +32,14 @@ def hpd(seed: int, eigenvalues: Any) -> np.ndarray:
 
 
 #: Spectrum families of the 4 x 4 test matrices: distinct, exactly repeated (pairs, a triple, a scalar matrix), and
-#: ties broken at 1e-7 and 1e-10 (where cancellation would show).
+#: ties broken at 1e-7 and 1e-10 (where cancellation would show), and singular (a double zero eigenvalue).
 SPECTRA = {
     "distinct": [0.5, 0.9, 1.7, 3.1],
     "repeated": [0.8, 0.8, 2.5, 2.5],
     "triple": [0.6, 1.5, 1.5, 1.5],
     "scalar": [1.3, 1.3, 1.3, 1.3],
     "near_ties": [1.0, 1.0 + 1e-7, 2.0, 2.0 + 1e-10],
+    "singular": [0.0, 0.0, 1.0, 2.5],  # for the functions defined there (not those of positive eigenvalues)
 }
 
 
@@ -171,12 +163,12 @@ OPS = [
     # One triangle read (LAPACK's and pyRiemann's convention): any square input, the gradient in that triangle.
     Op("logm(triangle='lower')", lambda S: eigpool.logm(S, triangle="lower"), lambda S: _kind_of(S, sl.logm(S)),
        symmetric=False, second_order=True, complex=True, spectra=("distinct", "repeated")),
-    Op("seb", eigpool.seb, _seb, complex=True),
+    Op("seb", eigpool.seb, _seb, second_order=True, complex=True),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
-       spectra=("distinct", "repeated"), complex=True),
+       second_order=True, spectra=("distinct", "repeated", "near_ties", "singular"), complex=True),
     Op("sqrtm(truncate=2)", lambda S: eigpool.sqrtm(S, truncate=2), lambda S: _truncated(_sqrt(S), 2),
-       spectra=("distinct", "repeated"), complex=True),
+       second_order=True, spectra=("distinct", "repeated", "near_ties"), complex=True),
     Op("spectral(cbrt)", lambda S: eigpool.spectral(S, _cbrt, _cbrt_slope, positive=True), _power(1 / 3),
        complex=True),
     Op("spectral(x^3)", lambda S: eigpool.spectral(S, _cube, _cube_slope), lambda S: S @ S @ S, positive=False,
@@ -187,17 +179,19 @@ OPS = [
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
        lambda S: np.trace(sl.expm(-S)), positive=False, tape=False),
-    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt),
-    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None),
-    Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S))),
-    Op("covariance", eigpool.covariance, _cov, kind="features"),
+    # No eigendecomposition in these: their second derivatives (the recomputed rules differentiated) are exact anywhere.
+    Op("ns_sqrtm(30)", lambda S: eigpool.ns_sqrtm(S, iterations=30), _sqrt, second_order=True),
+    Op("ns_sqrtm(5)", eigpool.ns_sqrtm, None, second_order=True),
+    Op("ns_invsqrtm(30)", lambda S: eigpool.ns_invsqrtm(S, iterations=30), lambda S: np.linalg.inv(_sqrt(S)),
+       second_order=True),
+    Op("covariance", eigpool.covariance, _cov, kind="features", second_order=True),
     Op("pooled(gram)", lambda X: eigpool.pooled(X, path="gram"), lambda X: _sqrt(_cov(X)), kind="features"),
     Op("pooled(gram, log, triu)", lambda X: eigpool.pooled(X, "log", path="gram", triu=True),
        lambda X: _triu(sl.logm(_cov(X)).real), kind="features"),
     Op("pooled(dense, seb)", lambda X: eigpool.pooled(X, seb=True, path="dense"), lambda X: _seb(_cov(X)),
-       kind="features"),
-    Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False),
-    Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector"),
+       kind="features", second_order=True),
+    Op("triu_vec", eigpool.triu_vec, _triu, positive=False, symmetric=False, second_order=True),
+    Op("triu_unvec", eigpool.triu_unvec, _unvec, kind="vector", second_order=True),
 ]
 BY_NAME = {op.name: op for op in OPS}
 

@@ -94,7 +94,7 @@ def test_rank_aware_bench_reports_time_memory_and_ratios():
     # One real fresh-process measurement; the table itself with a stand-in (each child process imports torch).
     measured = bench.peak_memory(case, "eigpool_auto")
     assert measured["peak"] >= measured["before"] > 0
-    sizes = {"eigpool_auto": 100.0, "eigpool_dense": 150.0, "svd_pade": 300.0}
+    sizes = {"eigpool_auto": 100.0, "eigpool_dense": 150.0, "svd_pade": 300.0, "torch_sqrth": 120.0}
 
     def memory(case, name, *args):
         return {"before": 50.0, "peak": sizes[name]}
@@ -103,7 +103,7 @@ def test_rank_aware_bench_reports_time_memory_and_ratios():
     (result,) = bench.run_rank_aware([case], repeats=1, log=lines.append, memory=memory)["results"]
     assert set(result["seconds"]) == set(bench.RANK_BASELINES) == set(result["peak_mib"])
     assert result["ratios"]["MiB dense/auto"] == 1.5
-    assert set(result["ratios"]) == {"pade/auto", "dense/auto", "MiB dense/auto"}
+    assert set(result["ratios"]) == {"pade/auto", "dense/auto", "sqrth/auto", "MiB dense/auto"}
     assert len(lines) == 3 and "B=2 d=24 N=6 float32" in lines[-1]
     # A subset of methods gives the ratios it can; the command line picks cases and methods.
     (result,) = bench.run_rank_aware([case], ["eigpool_auto", "eigpool_dense"], repeats=1, log=lines.append,

@@ -177,3 +177,16 @@ def test_vjp_passes_non_array_arguments_through():
     dS, dp = pullback(G)
     assert dp is None
     np.testing.assert_allclose(dS, eigpool.vjp(eigpool.sqrtm, S)[1](G)[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 17, 300, 2048])
+def test_triangle_index_maps_match_numpy_triu_indices(d):
+    # The maps are built from the quadratic formula for a position's row (fixed shapes, no nonzero): checked against
+    # np.triu_indices for blocks at the start, the end and the whole matrix.
+    from eigpool.triu import _diagonal_mask, _maps, row_offset
+
+    for a, b in ((0, d), (0, min(3, d)), (min(2, d - 1), d)):
+        maps, m = _maps(d, a, b), d - a
+        k, c = np.triu_indices(m)
+        np.testing.assert_array_equal(maps.upper, (k * m + c)[k < b - a])
+    np.testing.assert_array_equal(np.flatnonzero(_diagonal_mask(d)), row_offset(d, np.arange(d)))

@@ -35,7 +35,12 @@ def test_every_backend_offers_every_public_function():
     import eigpool.backends.numpy as np_backend
     import eigpool.backends.torch as torch_backend
 
-    for module, extra in ((np_backend, {"vjp"}), (torch_backend, {"GCPHead", "bind"})):
+    backends = [(np_backend, {"vjp"}), (torch_backend, {"GCPHead", "bind"})]
+    if importlib.util.find_spec("jax") is not None:
+        import eigpool.backends.jax as jax_backend
+
+        backends.append((jax_backend, {"gcp_head", "bind"}))
+    for module, extra in backends:
         assert functions | extra <= set(module.__all__)
         assert all(getattr(module, name) is getattr(eigpool, name) for name in functions)
     source = Path(importlib.util.find_spec("eigpool.backends").submodule_search_locations[0], "cupy.py").read_text()

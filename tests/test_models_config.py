@@ -59,6 +59,21 @@ def test_bad_settings(argv, match):
         _resolve(argv)
 
 
+def test_scientific_notation_is_a_number(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as text; the settings read it as YAML 1.2 does, on the command line and in files.
+    config = _resolve(["--lr", "1e-3", "--weight-decay", "5E-4", "--epochs", "1e1"])
+    assert (config.lr, config.weight_decay, config.epochs) == (1e-3, 5e-4, 10)
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nclip_grad_norm: 2e+1\n")
+    config = _resolve(["--config", str(path)])
+    assert config.lr == 1e-3 and config.clip_grad_norm == 20.0 and isinstance(config.lr, float)
+
+
+def test_text_settings_are_taken_as_typed():
+    config = _resolve(["--name", "2024", "--out-dir", "yes", "--pretrained", "none"])
+    assert (config.name, config.out_dir, config.pretrained) == ("2024", "yes", None)
+
+
 def test_unknown_key_in_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("learning_rate: 0.1\n")

@@ -15,6 +15,7 @@ from eigpool.models.data import (  # noqa: E402
     Skipped,
     build_datasets,
     collate_skipping,
+    handle_skipped,
     read_aircraft,
     read_cars,
     read_cub,
@@ -125,15 +126,15 @@ def test_unreadable_image_stop_or_skip(tmp_path):
     good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
     _image(good)
     bad.write_bytes(b"not an image")
-    samples = [(str(good), 0), (str(bad), 1)]
-    with pytest.raises(ImageReadError, match="bad.jpg"):
-        ImageListDataset(samples, ["a", "b"], bad_images="stop")[1]
     from torchvision.transforms import ToTensor
 
-    dataset = ImageListDataset(samples, ["a", "b"], ToTensor(), bad_images="skip")
+    dataset = ImageListDataset([(str(good), 0), (str(bad), 1)], ["a", "b"], ToTensor())
     assert isinstance(dataset[1], Skipped) and dataset[1].path == str(bad)
     images, labels, skipped = collate_skipping([dataset[0], dataset[1]])
-    assert images.shape == (1, 3, 10, 12) and labels.tolist() == [0] and skipped == [str(bad)]
+    assert images.shape == (1, 3, 10, 12) and labels.tolist() == [0] and skipped == [dataset[1]]
+    handle_skipped(skipped, "skip")
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        handle_skipped(skipped, "stop")
 
 
 def test_stratified_split():

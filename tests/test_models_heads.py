@@ -1,12 +1,12 @@
 """Heads and FGVCNet: every GCP method builds, runs forward and backward, and composes as forward_head o
-forward_features; the hybrid swap keeps the weights."""
+forward_features; replacing the head (the hybrid swap) keeps the weights as the same tensors."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from eigpool.backends.torch import GCPHead  # noqa: E402
-from eigpool.models.heads import AvgPoolHead, build_head, build_model, set_gcp_method  # noqa: E402
+from eigpool.models.heads import AvgPoolHead, build_head, build_model, replace_head  # noqa: E402
 
 METHODS = {
     "exact": {"method": "eigen"},
@@ -52,21 +52,24 @@ def test_forward_is_head_of_features():
         torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)))
 
 
-def test_hybrid_swap_keeps_weights_and_changes_the_function():
+def test_replace_head_keeps_the_tensors_and_changes_the_function():
     torch.manual_seed(0)
     model = build_model("tiny", "gcp", 3, reduction=6, method="newton_schulz", iterations=2).eval()
     x = torch.randn(2, 3, 16, 16)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = {k: id(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}
     with torch.no_grad():
         before = model(x)
-        set_gcp_method(model, "eigen")
+        replace_head(model, build_head("gcp", 64, reduction=6, method="eigen"))
         after = model(x)
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert {k: id(v) for k, v in [*model.named_parameters(), *model.named_buffers()]} == tensors
+    assert not model.head.training and model.head.normalise.method == "eigen"
     assert not torch.allclose(before, after)  # two Newton-Schulz steps are far from the exact square root
 
 
 def test_bad_head_arguments():
     with pytest.raises(ValueError, match="kind must be one of"):
         build_head("max", 8)
-    with pytest.raises(ValueError, match="not a GCPHead"):
-        set_gcp_method(build_model("tiny", "avg", 3), "eigen")
+    with pytest.raises(ValueError, match="takes no options"):
+        build_head("avg", 8, reduction=4)
+    with pytest.raises(ValueError, match="differ in names or shapes"):
+        replace_head(build_model("tiny", "gcp", 3, reduction=4), build_head("gcp", 64, reduction=5))

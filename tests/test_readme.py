@@ -24,14 +24,14 @@ def test_readme_python_examples_run(index):
     exec(compile(code, f"README.md python block {index}", "exec"), {})
 
 
-DOCS = ("transforms.md", "spd.md")
+DOCS = ("transforms.md", "jax.md", "spd.md")
 
 
 @pytest.mark.parametrize(("doc", "index"), [(doc, i) for doc in DOCS for i in range(
     len(re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)))])
 def test_documented_python_examples_run(doc, index):
     code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)[index]
-    pytest.importorskip("torch")
+    pytest.importorskip("jax" if "import jax" in code else "torch")
     exec(compile(textwrap.dedent(code), f"docs/{doc} python block {index}", "exec"), {})
 
 

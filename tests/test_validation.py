@@ -311,7 +311,7 @@ def test_adapters_follow_the_type_and_its_base_classes():
     assert check_vjp(eigpool.sqrtm, X.as_subclass(MyTensor)).framework == "torch"
     assert check_vjp(eigpool.sqrtm, torch.nn.Parameter(X)).framework == "torch"
     assert check_vjp(_square, [[1.0, 2.0]], vjp=_square_vjp()).framework == "numpy"  # a list: NumPy
-    assert set(ADAPTERS) == {"numpy", "torch", "cupy"}
+    assert set(ADAPTERS) == {"numpy", "torch", "cupy", "jaxlib", "jax"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -423,3 +423,23 @@ def test_the_report_template_and_subpackages_are_packaged():
         data = [f for f in init.parent.iterdir() if f.is_file() and f.suffix not in (".py", ".pyc")]
         assert all(any(f.match(g) for g in setuptools["package-data"].get(package, [])) for f in data), package
     assert resources.files("eigpool.validation.report").joinpath("accuracy_template.md").is_file()
+
+
+def test_checks_accept_jax_functions_and_catch_a_wrong_derivative():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from eigpool.validation import check_batch_independence, check_grads, check_jvp, check_vjp
+
+    S = jnp.asarray(spd_matrix(seed=3, d=4, kind="repeated"))
+    assert check_vjp(eigpool.sqrtm, S).passed and check_jvp(eigpool.logm, S).passed
+    assert check_grads(eigpool.sqrtm, (S,), order=2, modes=("fwd", "rev")).passed
+    assert check_batch_independence(eigpool.sqrtm, jnp.stack([S, 2 * S, 3 * S])).passed
+
+    @jax.custom_jvp
+    def wrong(x):
+        return jnp.sin(x)
+
+    wrong.defjvp(lambda primals, tangents: (jnp.sin(primals[0]), 1.1 * jnp.cos(primals[0]) * tangents[0]))
+    x = jnp.linspace(0.1, 1.0, 5)
+    assert not check_vjp(wrong, x).passed and not check_jvp(wrong, x).passed

@@ -7,8 +7,8 @@ has the interface of ``Adapter``.
 ``ADAPTERS`` maps the top-level module of an array type to its adapter class: ``adapter_for`` looks the first input's
 type (and its base classes) up there by module name, so no framework is imported here, and an adapter's own
 framework import happens only when an array of that framework arrives. Types of unknown modules (lists, scalars,
-NumPy subclasses) go to the NumPy adapter. A new framework is one class and one entry, e.g. ``"jaxlib": JaxAdapter``
-(JAX arrays are ``jaxlib`` types).
+NumPy subclasses) go to the NumPy adapter. A new framework is one class and one entry (JAX arrays are ``jaxlib``
+types: ``"jaxlib": JaxAdapter``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ADAPTERS", "Adapter", "CupyAdapter", "NumpyAdapter", "TorchAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "CupyAdapter", "JaxAdapter", "NumpyAdapter", "TorchAdapter", "adapter_for"]
 
 
 class Adapter(Protocol):
@@ -186,8 +186,54 @@ class TorchAdapter:
         return g
 
 
-#: Adapter class by the top-level module name of an array type.
-ADAPTERS: dict[str, type] = {"numpy": NumpyAdapter, "torch": TorchAdapter, "cupy": CupyAdapter}
+class JaxAdapter:
+    """JAX arrays, on the device of the first input; derivatives from ``jax.vjp`` and ``jax.jvp`` (any JAX function),
+    in float64 (the checks turn JAX's 64-bit mode on: finite differences in float32 cannot reach their tolerances)."""
+
+    name = "jax"
+
+    def __init__(self, like: Any, vjp: Callable[..., Any] | None, jvp: Callable[..., Any] | None) -> None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        self._jax = jax
+        self._device = next(iter(like.devices())) if hasattr(like, "devices") else None
+
+    def to_framework(self, a: np.ndarray) -> Any:
+        return self._jax.device_put(np.array(a, dtype=np.float64), self._device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+    def call(self, fn: Callable[..., Any], arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(self.to_numpy(y) for y in _as_tuple(fn(*[self.to_framework(a) for a in arrays])))
+
+    def linearize(self, fn: Callable[..., Any], arrays: Sequence[np.ndarray]) -> tuple[tuple, Callable]:
+        outs, pb = self._jax.vjp(lambda *xs: _as_tuple(fn(*xs)), *[self.to_framework(a) for a in arrays])
+
+        def pullback(ws: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+            return tuple(self.to_numpy(g) for g in pb(tuple(self.to_framework(w) for w in ws)))
+
+        return tuple(self.to_numpy(y) for y in outs), pullback
+
+    def jvp(self, fn: Callable[..., Any], arrays: Sequence[np.ndarray],
+            tangents: Sequence[np.ndarray]) -> tuple[np.ndarray, ...] | None:
+        _, ts = self._jax.jvp(lambda *xs: _as_tuple(fn(*xs)), tuple(self.to_framework(a) for a in arrays),
+                              tuple(self.to_framework(e) for e in tangents))
+        return tuple(self.to_numpy(t) for t in ts)
+
+    def vjp_function(self, fn: Callable[..., Any], ws: Sequence[np.ndarray]) -> Callable[..., tuple]:
+        """x -> pullback_x(ws), itself differentiable by JAX in both modes (second-order checks)."""
+        def g(*xs: Any) -> tuple:
+            _, pb = self._jax.vjp(lambda *a: _as_tuple(fn(*a)), *xs)
+            return tuple(pb(tuple(self.to_framework(w) for w in ws)))
+
+        return g
+
+
+#: Adapter class by the top-level module name of an array type (JAX arrays are jaxlib types, tracers jax types).
+ADAPTERS: dict[str, type] = {"numpy": NumpyAdapter, "torch": TorchAdapter, "cupy": CupyAdapter, "jaxlib": JaxAdapter,
+                             "jax": JaxAdapter}
 
 
 def adapter_for(like: Any, vjp: Callable[..., Any] | None, jvp: Callable[..., Any] | None) -> Adapter:

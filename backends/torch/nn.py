@@ -17,10 +17,11 @@ from eigpool.gram import PATHS, pooled_from_spec
 from eigpool.newton_schulz import newton_schulz
 from eigpool.spectral import matrix_function
 
-__all__ = ["CovariancePooling", "GCPHead", "MatrixFunction"]
+__all__ = ["CovariancePooling", "GCPHead", "MatrixFunction", "TokenGCPHead"]
 
 _METHODS = ("eigen", "newton_schulz")
 _NS_FUNCTIONS = ("sqrt", "invsqrt")
+_CLASS_TOKEN = ("drop", "keep")
 
 
 def _check_choice(layer: str, name: str, value: Any, allowed: tuple) -> None:
@@ -175,3 +176,38 @@ class GCPHead(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, reduction={self.reduction}, out_features={self.out_features}"
                 + (f", path={self.path!r}" if self.path != "auto" else ""))
+
+
+class TokenGCPHead(GCPHead):
+    """Global covariance pooling over tokens: (B, N, C) -> vector (B, d(d+1)/2), for ViT-style backbones (SoT, So-ViT).
+
+    The first ``prefix_tokens`` tokens are not patches (the class token; DeiT's distillation token and register tokens
+    count too): ``class_token="drop"`` (default) pools the N - prefix_tokens patch tokens, ``"keep"`` pools all N.
+    Then every step of ``GCPHead`` with the same options (``**options``: reduction, method, fn, grad, seb, truncate,
+    iterations, compute_dtype, p, floor, kernel_options, path): the reduction block maps each token C -> d (its 1x1
+    convolution is a linear map of one token, BatchNorm's statistics run over all B * N tokens), the covariance of
+    the d channels over the tokens, the normalisation, the upper triangle; the Gram route when fewer tokens than
+    channels (N < d, path "auto"). The parameters are GCPHead's, with the same names and shapes.
+    """
+
+    def __init__(self, in_channels: int, reduction: int | None = 256, class_token: str = "drop",
+                 prefix_tokens: int = 1, **options: Any) -> None:
+        super().__init__(in_channels, reduction, **options)
+        _check_choice("TokenGCPHead", "class_token", class_token, _CLASS_TOKEN)
+        if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
+            raise ValueError(f"TokenGCPHead: prefix_tokens must be an integer >= 0, got {prefix_tokens!r}")
+        self.class_token, self.prefix_tokens = class_token, prefix_tokens
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        skip = self.prefix_tokens if self.class_token == "drop" else 0
+        if tokens.ndim != 3 or tokens.shape[2] != self.in_channels or tokens.shape[1] <= skip:
+            raise ValueError(f"TokenGCPHead: input must be (B, N, {self.in_channels}) tokens with N > {skip} "
+                             f"(prefix tokens dropped: {skip}), got shape {tuple(tokens.shape)}")
+        # (B, N, C) -> (B, C, N, 1): the layout of GCPHead's reduction block, one position per token.
+        x = tokens[:, skip:].transpose(1, 2).unsqueeze(-1)
+        if self.reduce is not None:
+            x = self.reduce(x)
+        return pooled_from_spec(x.flatten(2), self.normalise.spec, path=self.path, triu=True, op="TokenGCPHead")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, class_token={self.class_token!r}, prefix_tokens={self.prefix_tokens}"

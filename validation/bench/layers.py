@@ -211,8 +211,14 @@ def _svd_pade_float64(case: Case, device: str = "cpu") -> Callable[[Any], Any]:
     return lambda X: layer(X.double()).to(X.dtype)
 
 
+def _torch_sqrth_float64(case: Case, device: str = "cpu") -> Callable[[Any], Any]:
+    layer = _torch_sqrth(replace(case, dtype="float64"), device)
+    return lambda X: layer(X.double()).to(X.dtype)
+
+
 RANK_BASELINES: dict[str, Builder] = {
     "eigpool_auto": _float64_head("auto"),  # the Gram route (eigpool.gram) when N < d: what GCPHead users get
     "eigpool_dense": _float64_head("dense"),
     "svd_pade": _svd_pade_float64,
+    "torch_sqrth": _torch_sqrth_float64,  # its gradient is not finite at the zero eigenvalues of N < d
 }

@@ -20,6 +20,7 @@ RATIOS: list[tuple[str, str, str]] = [
 RANK_RATIOS: list[tuple[str, str, str]] = [
     ("pade/auto", "svd_pade", "eigpool_auto"),
     ("dense/auto", "eigpool_dense", "eigpool_auto"),
+    ("sqrth/auto", "torch_sqrth", "eigpool_auto"),
 ]
 
 
