@@ -16,19 +16,34 @@ from .covariance import covariance
 from .eigh import EighResult, eigh
 from .gram import pooled
 from .newton_schulz import ns_invsqrtm, ns_sqrtm
-from .spectral import expm_neg, invsqrtm, logm, matrix_function, powm, seb, spectral, spectral_spec, sqrtm, truncate
+from .spectral import (
+    expm,
+    expm_neg,
+    frechet,
+    invsqrtm,
+    logm,
+    matrix_function,
+    powm,
+    seb,
+    spectral,
+    spectral_spec,
+    sqrtm,
+    truncate,
+)
 from .triu import triu_unvec, triu_vec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARRAY_FUNCTIONS", "GRADS", "KERNELS", "EighResult", "Primitive", "SpectralFunction", "SpectralSpec", "bind",
-    "covariance", "eigh", "expm_neg", "invsqrtm", "logm", "matrix_function", "ns_invsqrtm", "ns_sqrtm", "pooled",
+    "covariance", "eigh", "expm", "expm_neg", "frechet", "invsqrtm", "logm", "matrix_function", "ns_invsqrtm",
+    "ns_sqrtm", "pooled",
     "powm", "seb", "spectral", "spectral_spec", "sqrtm", "triu_unvec", "triu_vec", "truncate", "value_checks", "vjp",
 ]
 
 #: The functions on arrays, which every backend offers under the same names (the backends read this table).
-ARRAY_FUNCTIONS = ("covariance", "eigh", "expm_neg", "invsqrtm", "logm", "matrix_function", "ns_invsqrtm", "ns_sqrtm",
-                   "pooled", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec", "truncate")
+ARRAY_FUNCTIONS = ("covariance", "eigh", "expm", "expm_neg", "frechet", "invsqrtm", "logm", "matrix_function",
+                   "ns_invsqrtm", "ns_sqrtm", "pooled", "powm", "seb", "spectral", "sqrtm", "triu_unvec", "triu_vec",
+                   "truncate")
 
 _primitive.load_backends_of_imported_frameworks()

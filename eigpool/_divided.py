@@ -8,7 +8,7 @@ for them without cancellation, so they stay accurate when a and b (and c) are cl
 - sqrt: f[a, b] = 1 / (ra + rb), f[a, b, c] = -1 / ((ra + rb)(rb + rc)(ra + rc)), r = sqrt;
 - inverse sqrt: f[a, b] = -1 / (ra rb (ra + rb)), f[a, b, c] = (ra + rb + rc) / (ra rb rc (ra + rb)(rb + rc)(ra + rc));
 - log: log1p((hi - lo) / lo) / (hi - lo); power p: lo^(p-1) expm1(p t) / expm1(t), t = log(hi / lo), for t < 1;
-  exp(-x): exp(-lo) expm1(-(hi - lo)) / (hi - lo);
+  exp(x): exp(hi) (-expm1(-(hi - lo))) / (hi - lo); exp(-x): exp(-lo) expm1(-(hi - lo)) / (hi - lo);
 - second differences of log, power and exp(-x): ``_dd2_from`` (a recurrence away from ties, a Taylor expansion near).
 
 Every function here is elementwise on arrays of the namespace ``xp`` and trace-safe: no Python branching on values.
@@ -20,7 +20,8 @@ from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-__all__ = ["SPECTRAL_FUNCTIONS", "SpectralFunction", "power", "user_function"]
+__all__ = ["POWER_INPUT", "SPECTRAL_FUNCTIONS", "SpectralFunction", "exponent_slope_of_array", "power",
+           "power_of_array", "user_function"]
 
 
 class SpectralFunction(NamedTuple):
@@ -99,31 +100,85 @@ def _log_dd(xp: Any, a: Any, b: Any) -> Any:
     return xp.where(gap > 0, xp.log1p(gap / lo) / _nonzero(xp, gap), 1.0 / lo)
 
 
+def _exp_dd(xp: Any, a: Any, b: Any) -> Any:
+    # e^{hi} - e^{lo} = e^{hi} (-expm1(-(hi - lo))): no cancellation, and no overflow before e^{hi} itself.
+    _, hi, gap = _lo_hi(xp, a, b)
+    return xp.exp(hi) * xp.where(gap > 0, -xp.expm1(-gap) / _nonzero(xp, gap), xp.ones_like(gap))
+
+
 def _exp_neg_dd(xp: Any, a: Any, b: Any) -> Any:
     # e^{-hi} - e^{-lo} = e^{-lo} expm1(-(hi - lo)): bounded factors, no overflow or cancellation.
     lo, _, gap = _lo_hi(xp, a, b)
     return xp.exp(-lo) * xp.where(gap > 0, xp.expm1(-gap) / _nonzero(xp, gap), -xp.ones_like(gap))
 
 
+def _power_dd(xp: Any, a: Any, b: Any, p: Any) -> Any:
+    """f[a, b] of l^p, p a float or an array broadcast against a and b.
+
+    t = log(hi/lo). Near (t < 1): lo^(p-1) expm1(p t) / expm1(t), exact as t -> 0 (limit p lo^(p-1)).
+    Far: the plain quotient has no cancellation and cannot overflow through exp(p t)."""
+    lo, hi, gap = _lo_hi(xp, a, b)
+    t = xp.log1p(gap / lo)
+    near = lo ** (p - 1) * xp.where(t > 0, xp.expm1(p * t) / _nonzero(xp, xp.expm1(t)), p * xp.ones_like(t))
+    far = (hi**p - lo**p) / _nonzero(xp, gap)
+    return xp.where(t < 1, near, far)
+
+
+def _power_function(name: str, p: Callable[[Any], Any]) -> SpectralFunction:
+    """l^p with the exponent ``p(x)``: a float, or an array shaped to broadcast against the argument x."""
+
+    def higher(xp: Any, y: Any) -> tuple:
+        q = p(y)
+        c2 = q * (q - 1)
+        return c2 * y ** (q - 2), c2 * (q - 2) * y ** (q - 3), c2 * (q - 2) * (q - 3) * y ** (q - 4)
+
+    def dd(xp: Any, a: Any, b: Any) -> Any:
+        return _power_dd(xp, a, b, p(a + b))
+
+    return SpectralFunction(name, lambda xp, l: l ** p(l), lambda xp, l: p(l) * l ** (p(l) - 1), dd, True,
+                            _dd2_from(dd, higher, 0.0))
+
+
 @cache
 def power(p: float) -> SpectralFunction:
     """l^p for real p on l > 0. One object per exponent (cached), so equal exponents give equal specifications."""
+    return _power_function(f"power({p!r})", lambda x: p)
 
-    def dd(xp: Any, a: Any, b: Any) -> Any:
-        # t = log(hi/lo). Near (t < 1): lo^(p-1) expm1(p t) / expm1(t), exact as t -> 0 (limit p lo^(p-1)).
-        # Far: the plain quotient has no cancellation and cannot overflow through exp(p t).
-        lo, hi, gap = _lo_hi(xp, a, b)
-        t = xp.log1p(gap / lo)
-        near = lo ** (p - 1) * xp.where(t > 0, xp.expm1(p * t) / _nonzero(xp, xp.expm1(t)), p * xp.ones_like(t))
-        far = (hi**p - lo**p) / _nonzero(xp, gap)
-        return xp.where(t < 1, near, far)
 
-    def higher(xp: Any, y: Any) -> tuple:
-        c2, c3, c4 = p * (p - 1), p * (p - 1) * (p - 2), p * (p - 1) * (p - 2) * (p - 3)
-        return c2 * y ** (p - 2), c3 * y ** (p - 3), c4 * y ** (p - 4)
+def power_of_array(xp: Any, p: Any, batch_ndim: int) -> SpectralFunction:
+    """l^p for an array exponent ``p`` of a batch shape (broadcast against the matrices' batch shape, which has
+    ``batch_ndim`` axes): p is padded with trailing axes to broadcast against the eigenvalues (..., d), the
+    Loewner matrix (..., d, d) and the second differences (..., d, d, d). Built per call, inside the rules."""
 
-    return SpectralFunction(f"power({p!r})", lambda xp, l: l**p, lambda xp, l: p * l ** (p - 1), dd, True,
-                            _dd2_from(dd, higher, 0.0))
+    def padded(x: Any) -> Any:
+        return xp.reshape(p, (*p.shape, *(1,) * (x.ndim - batch_ndim)))
+
+    return _power_function("power(p)", padded)
+
+
+def _exponent_slope_dd(xp: Any, a: Any, b: Any, p: Any) -> Any:
+    """h[a, b] of h(l) = l^p log l = d(l^p)/dp: the derivative in p of ``_power_dd``, so it has no cancellation either.
+
+    Near (t = log(hi/lo) < 1): lo^(p-1) (log(lo) expm1(p t) + t exp(p t)) / expm1(t), limit lo^(p-1) (p log lo + 1)
+    = h'(lo) at t = 0; far: (hi^p log hi - lo^p log lo) / (hi - lo)."""
+    lo, hi, gap = _lo_hi(xp, a, b)
+    t = xp.log1p(gap / lo)
+    safe = _nonzero(xp, xp.expm1(t))
+    ratio = xp.where(t > 0, (xp.log(lo) * xp.expm1(p * t) + t * xp.exp(p * t)) / safe, p * xp.log(lo) + 1)
+    far = (hi**p * xp.log(hi) - lo**p * xp.log(lo)) / _nonzero(xp, gap)
+    return xp.where(t < 1, lo ** (p - 1) * ratio, far)
+
+
+def exponent_slope_of_array(xp: Any, p: Any, batch_ndim: int) -> SpectralFunction:
+    """h(l) = l^p log l, the derivative of l^p in p, for an array exponent padded as in ``power_of_array``: the
+    function whose Loewner matrix is d L_p / dp ([Note: exponent derivative] in eigpool.spectral)."""
+
+    def padded(x: Any) -> Any:
+        return xp.reshape(p, (*p.shape, *(1,) * (x.ndim - batch_ndim)))
+
+    return SpectralFunction("power(p) log", lambda xp, l: l ** padded(l) * xp.log(l),
+                            lambda xp, l: l ** (padded(l) - 1) * (padded(l) * xp.log(l) + 1),
+                            lambda xp, a, b: _exponent_slope_dd(xp, a, b, padded(a + b)), True)
 
 
 @lru_cache(maxsize=256)
@@ -145,6 +200,14 @@ def user_function(f: Callable[[Any], Any], df: Callable[[Any], Any], positive: b
     return SpectralFunction(name, lambda xp, l: f(l), lambda xp, l: df(l), dd, positive)
 
 
+def _exponent_is_an_input(*args: Any) -> Any:
+    raise TypeError("power(p): the exponent is an input of eigpool.spectral.spectral_power_p, bound by its rules")
+
+
+#: l^p with an array exponent: the function of a specification whose exponent is an input of the primitive
+#: (``powm(S, p)`` with p an array), so that the specification stays hashable; the rules bind ``power_of_array``.
+POWER_INPUT = SpectralFunction("power(p)", _exponent_is_an_input, _exponent_is_an_input, _exponent_is_an_input, True)
+
 SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
     "sqrt": SpectralFunction("sqrt", lambda xp, l: xp.sqrt(l), lambda xp, l: 0.5 / xp.sqrt(l), _sqrt_dd, True,
                              _sqrt_dd2),
@@ -152,6 +215,8 @@ SPECTRAL_FUNCTIONS: dict[str, SpectralFunction] = {
                                 _invsqrt_dd, True, _invsqrt_dd2),
     "log": SpectralFunction("log", lambda xp, l: xp.log(l), lambda xp, l: 1.0 / l, _log_dd, True,
                             _dd2_from(_log_dd, lambda xp, y: (-1.0 / y**2, 2.0 / y**3, -6.0 / y**4), 0.0)),
+    "exp": SpectralFunction("exp", lambda xp, l: xp.exp(l), lambda xp, l: xp.exp(l), _exp_dd, False,
+                            _dd2_from(_exp_dd, lambda xp, y: (xp.exp(y), xp.exp(y), xp.exp(y)), 1.0)),
     "exp_neg": SpectralFunction("exp_neg", lambda xp, l: xp.exp(-l), lambda xp, l: -xp.exp(-l), _exp_neg_dd, False,
                                 _dd2_from(_exp_neg_dd, lambda xp, y: (xp.exp(-y), -xp.exp(-y), xp.exp(-y)), 1.0)),
     "identity": SpectralFunction("identity", lambda xp, l: l, lambda xp, l: xp.ones_like(l),

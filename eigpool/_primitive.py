@@ -35,8 +35,8 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from ._xp import cast
 
-__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "namespace_of", "register_backend",
-           "run_vjp", "vjp"]
+__all__ = ["Backend", "Primitive", "backend_of", "bind", "compute_dtype_of", "compute_dtypes_of", "namespace_of",
+           "register_backend", "run_vjp", "vjp"]
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,29 @@ def load_backends_of_imported_frameworks() -> None:
                 continue
 
 
+#: The complex dtype whose real and imaginary parts have the named real precision.
+_COMPLEX_OF = {"float32": "complex64", "float64": "complex128"}
+
+
 def compute_dtype_of(xp: Any, dtype: Any, compute_dtype: str | None) -> Any:
     """The dtype a primitive computes in: ``compute_dtype`` (a name such as ``"float64"``) unless it is ``None``,
-    in which case the input's own dtype, promoted to at least float32 (half precision is never used for the math)."""
+    in which case the input's own dtype, promoted to at least float32 (half precision is never used for the math).
+    A complex input computes in the complex dtype of that precision ("float64": complex128)."""
+    if xp.isdtype(dtype, "complex floating"):
+        name = compute_dtype or ("float32" if dtype == xp.complex64 else "float64")
+        return getattr(xp, _COMPLEX_OF[name])
     if compute_dtype is not None:
         return getattr(xp, compute_dtype)
     if xp.finfo(dtype).bits < 32:
         return xp.float32
     return dtype
+
+
+def compute_dtypes_of(xp: Any, inputs: tuple, compute_dtype: str | None) -> tuple:
+    """The compute dtype of each input (None for an input that is not an array): a primitive's inputs keep their
+    own kind, so a real exponent beside a complex matrix stays real."""
+    return tuple(None if getattr(x, "dtype", None) is None else compute_dtype_of(xp, x.dtype, compute_dtype)
+                 for x in inputs)
 
 
 def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
@@ -161,12 +176,12 @@ def bind(p: Primitive, *inputs: Any, spec: Any) -> tuple[Any, ...]:
 def _eager_bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Any, ...]:
     xp = namespace_of(inputs[0])
     dtype = inputs[0].dtype
-    cdtype = compute_dtype_of(xp, dtype, spec.compute_dtype)
-    outputs, residuals = p.forward(xp, *[cast(xp, x, cdtype) for x in inputs], spec=spec)
+    cdtypes = compute_dtypes_of(xp, inputs, spec.compute_dtype)
+    outputs, residuals = p.forward(xp, *[cast(xp, x, c) for x, c in zip(inputs, cdtypes, strict=True)], spec=spec)
     n = p.n_outputs
     outputs = (*[cast(xp, y, dtype) for y in outputs[:n]], *outputs[n:])
     if _TAPES:
-        _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtype))
+        _TAPES[-1].append(_Record(p, inputs, outputs[:n], residuals, spec, cdtypes[0]))
     return outputs
 
 
@@ -204,7 +219,10 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
     the argument's shape and dtype (``None`` for an argument that is not an array, such as a power ``p``).
 
     Only eigpool operations are traced. An intermediate array computed outside eigpool (for example ``S + 1e-3 * I``
-    in NumPy) would cut the chain of derivatives, so it raises ``ValueError`` instead of giving a wrong gradient.
+    in NumPy) would cut the chain of derivatives, so as the first input of an eigpool function (the matrix or the
+    features) it raises ``ValueError`` instead of giving a wrong gradient; later inputs that are neither arguments of
+    ``fn`` nor eigpool results (an exponent array, a direction E of ``frechet``) are constants. A single output's
+    cotangent may be given bare or as a 1-tuple.
 
     Example::
 
@@ -221,7 +239,7 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
     arg_ids = {id(a): i for i, a in enumerate(args)}
     produced = {id(y) for rec in tape for y in rec.outputs}
     for rec in tape:
-        for x in rec.inputs:
+        for x in rec.inputs[:1]:
             if x is not None and id(x) not in arg_ids and id(x) not in produced:
                 raise ValueError(
                     f"vjp: an input of {rec.primitive.name} was computed outside eigpool; vjp traces only eigpool "
@@ -232,7 +250,10 @@ def vjp(fn: Callable[..., Any], /, *args: Any, **params: Any) -> tuple[Any, Call
             raise ValueError("vjp: fn returned an array that no eigpool function produced")
 
     def pullback(cotangent: Any) -> tuple[Any, ...]:
-        cts = cotangent if isinstance(out, tuple) else (cotangent,)
+        single = not isinstance(out, tuple)
+        cts = (cotangent,) if single and not (isinstance(cotangent, tuple) and len(cotangent) == 1) else cotangent
+        if not isinstance(cts, tuple):
+            raise TypeError(f"pullback: expected a tuple of {len(outs)} cotangents, got {type(cts).__name__}")
         if len(cts) != len(outs):
             raise ValueError(f"pullback: expected {len(outs)} cotangents, got {len(cts)}")
         acc: dict[int, Any] = {}

@@ -13,6 +13,7 @@ machine epsilon of the array being decomposed, so every route (dense, Gram, floa
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ COMPUTE_DTYPES = ("float32", "float64")
 #: Backward rules of the spectral functions: "exact" (Loewner), the kernels of eigpool.eigh, and "eigh" (the exact
 #: eigenvector kernel, i.e. the chain rule through the eigendecomposition).
 GRADS = ("exact", "taylor", "pade", "clip", "power_iteration", "eigh")
+#: Values of ``triangle=`` besides None: read only that triangle of S (LAPACK's convention).
+TRIANGLES = ("lower", "upper")
 #: Named scalar functions of ``pooled`` and the layers (``fn=``); "power" takes the exponent ``p``.
 FUNCTION_NAMES = ("sqrt", "invsqrt", "log", "power")
 
@@ -54,28 +57,35 @@ def _natural(op: str, name: str, value: Any, low: int) -> int:
 class Floor:
     """The eigenvalue floor, relative to max|l| of each matrix: ``value``, or d * eps(compute dtype) if ``auto``.
     Eigenvalues below ``floor * max|l|`` (at least the smallest normal number) are raised to it; their subgradient is
-    0 (the floor is held fixed)."""
+    0 (the floor is held fixed). ``raises`` (floor="raise"): the same "auto" floor in the computation, and the value
+    check refuses a matrix with an eigenvalue at or below it (singular to working precision) instead."""
 
     value: float = 0.0
     auto: bool = False
+    raises: bool = False
 
     def relative(self, d: int, eps: float) -> float:
         """The relative floor for d x d matrices computed in a dtype of machine epsilon ``eps``."""
         return d * eps if self.auto else self.value
 
     def __repr__(self) -> str:
-        return "Floor('auto')" if self.auto else f"Floor({self.value!r})"
+        return "Floor('raise')" if self.raises else "Floor('auto')" if self.auto else f"Floor({self.value!r})"
+
+
+#: The named values of ``floor=``.
+FLOOR_NAMES = ("auto", "raise")
 
 
 def resolve_floor(op: str, floor: Any) -> Floor | None:
-    """``floor=`` validated: None (no floor beyond the smallest normal number), "auto" or a finite float >= 0."""
+    """``floor=`` validated: None (no floor beyond the smallest normal number), "auto", "raise" (an error for
+    eigenvalues where "auto" would floor) or a finite float >= 0."""
     if floor is None:
         return None
-    if isinstance(floor, str) and floor == "auto":
-        return Floor(auto=True)
+    if isinstance(floor, str) and floor in FLOOR_NAMES:
+        return Floor(auto=True, raises=floor == "raise")
     if isinstance(floor, (int, float)) and not isinstance(floor, bool) and math.isfinite(floor) and floor >= 0:
         return Floor(float(floor))
-    raise _option_error(op, "floor", "None, 'auto' or a finite non-negative float", floor)
+    raise _option_error(op, "floor", "None, 'auto', 'raise' or a finite non-negative float", floor)
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,9 @@ class SpectralSpec:
     """A spectral function F(S) = U g(l) U^T, resolved: the scalar function ``fn``; the backward (``kernel`` None:
     the exact Loewner formula; a ``Kernel``: the chain rule through that eigenvector kernel); the eigenvalue
     ``floor`` (None for functions defined on every real number); ``truncate`` (the number of smallest eigenvalues set
-    to zero); ``seb`` (the scaling eigen branch gain); the ``compute_dtype``."""
+    to zero); ``seb`` (the scaling eigen branch gain); the ``compute_dtype``; ``triangle`` (None: F of the Hermitian
+    part (S + S^H) / 2, S checked for symmetry to round-off; "lower" or "upper": F of that triangle of S mirrored, the
+    convention of LAPACK, torch.linalg.eigh and pyRiemann, with no symmetry check)."""
 
     fn: SpectralFunction
     kernel: Kernel | None = None
@@ -98,6 +110,7 @@ class SpectralSpec:
     truncate: int = 0
     seb: bool = False
     compute_dtype: str | None = "float64"
+    triangle: str | None = None
 
     @property
     def grad(self) -> str:
@@ -126,15 +139,16 @@ def resolve_function(op: str, fn: str | SpectralFunction, p: Any = None) -> Spec
 
 
 def resolve_exponent(op: str, p: Any) -> float:
-    """A finite real exponent as a float (TypeError otherwise)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+    """A finite real exponent as a float: a Python or NumPy real number (``np.float32(0.5)``); TypeError otherwise
+    (an array exponent is an input of ``powm``, not an option)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p):
         raise TypeError(f"{op}: argument 'p' must be a finite real number, got {p!r}")
     return float(p)
 
 
 def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad: str = "exact", floor: Any = "auto",
                   truncate: int = 0, seb: bool = False, compute_dtype: Any = "float64",
-                  kernel_options: dict[str, Any] | None = None) -> SpectralSpec:
+                  kernel_options: dict[str, Any] | None = None, triangle: Any = None) -> SpectralSpec:
     """The ``SpectralSpec`` of ``op`` for these options, validated once; each error names ``op``, the option and
     the allowed values. ``floor`` applies to functions with ``positive=True`` only (it is dropped for the others)."""
     function = resolve_function(op, fn, p)
@@ -152,8 +166,10 @@ def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad
         raise ValueError(f"{op}: seb=True scales the matrix square root; it needs fn='sqrt', got fn={function.name!r}")
     # A positive function is always floored, at least at the smallest normal number (floor=None: relative 0).
     floored = (resolve_floor(op, floor) or Floor()) if function.positive else None
-    return SpectralSpec(function, kernel, floored,
-                        _natural(op, "truncate", truncate, 0), seb, resolve_compute_dtype(op, compute_dtype))
+    if triangle is not None and not (isinstance(triangle, str) and triangle in TRIANGLES):
+        raise _option_error(op, "triangle", f"None or one of {TRIANGLES}", triangle)
+    return SpectralSpec(function, kernel, floored, _natural(op, "truncate", truncate, 0), seb,
+                        resolve_compute_dtype(op, compute_dtype), triangle)
 
 
 def user_spectral_function(f: Any, df: Any, positive: bool) -> SpectralFunction:

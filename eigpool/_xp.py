@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["arange_like", "cast", "device_of", "diag_embed", "diagonal", "eye_like", "max_abs", "span", "sym"]
+__all__ = ["arange_like", "cast", "ct", "device_of", "diag_embed", "diagonal", "eye_like", "is_complex", "max_abs",
+           "real_part", "span", "sym"]
 
 
 def device_of(x: Any) -> Any:
@@ -37,9 +38,24 @@ def diagonal(xp: Any, A: Any) -> Any:
     return xp.linalg.diagonal(A)
 
 
+def is_complex(xp: Any, x: Any) -> bool:
+    """Whether ``x`` has a complex floating dtype (a branch on the dtype: trace-safe)."""
+    return xp.isdtype(x.dtype, "complex floating")
+
+
+def ct(xp: Any, A: Any) -> Any:
+    """A^H, the conjugate transpose over the last two axes (A^T for real dtypes, with no conjugation pass)."""
+    return xp.conj(A.mT) if is_complex(xp, A) else A.mT
+
+
+def real_part(xp: Any, x: Any) -> Any:
+    """Re x (x itself for real dtypes)."""
+    return xp.real(x) if is_complex(xp, x) else x
+
+
 def sym(xp: Any, A: Any) -> Any:
-    """(A + A^T) / 2 over the last two axes."""
-    return (A + A.mT) / 2
+    """(A + A^H) / 2 over the last two axes: the symmetric part, the Hermitian part for complex dtypes."""
+    return (A + ct(xp, A)) / 2
 
 
 def max_abs(xp: Any, l: Any) -> Any:

@@ -20,7 +20,8 @@ def covariance(X: Any, *, compute_dtype: str | None = "float64") -> Any:
     """
     spec = compute_spec("covariance", compute_dtype)
     check_features(X, "covariance")
-    return checked("covariance", "X", X, lambda: bind(covariance_p, X, spec=spec), symmetric=False)[0]
+    return checked("covariance", "X", X, lambda: bind(covariance_p, X, spec=spec), symmetric=False,
+                   squares=True)[0]
 
 
 def check_features(X: Any, op: str) -> Any:

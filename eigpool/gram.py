@@ -121,10 +121,11 @@ def pooled_from_spec(X: Any, spec: SpectralSpec | NewtonSchulzSpec, *, path: str
         check_truncate(op, spec.truncate, X.shape[-2])
         if resolve_path(op, path, X.shape[-2], X.shape[-1], spec.grad) == "gram":
             gram = GramSpec(spec, bool(triu), X.dtype)
-            return checked(op, "X", X, lambda: bind(gram_spectral_p, X, spec=gram), symmetric=False)[0]
+            return checked(op, "X", X, lambda: bind(gram_spectral_p, X, spec=gram), symmetric=False,
+                           squares=True)[0]
     elif path == "gram":
         raise ValueError(f"{op}: path='gram' is an exact eigen route; the Newton-Schulz iteration runs on S (dense)")
-    return checked(op, "X", X, lambda: (_dense(X, spec, triu),), symmetric=False)[0]
+    return checked(op, "X", X, lambda: (_dense(X, spec, triu),), symmetric=False, squares=True)[0]
 
 
 def _dense(X: Any, spec: SpectralSpec | NewtonSchulzSpec, triu: bool) -> Any:

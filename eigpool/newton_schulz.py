@@ -13,7 +13,8 @@ gY_k, gZ_k of its outputs:
     Z_k = T_k Z_{k-1}:         gZ_{k-1} += T_k^T gZ_k,     gT_k += gZ_k Z_{k-1}^T
     T_k = (3I - Z_{k-1} Y_{k-1}) / 2, with gP = -gT_k / 2:  gZ_{k-1} += gP Y_{k-1}^T,  gY_{k-1} += Z_{k-1}^T gP
 then gA = gY_0 (Z_0 = I is constant), and the trace terms: A = S / t gives gS = gA / t - <gA, S> / t^2 I; the
-post-compensation adds <gQ, Y_n> / (2 sqrt t) I (sqrt) or -<gQ, Z_n> / (2 t^(3/2)) I (invsqrt).
+post-compensation adds <gQ, Y_n> / (2 sqrt t) I (sqrt) or -<gQ, Z_n> / (2 t^(3/2)) I (invsqrt), both +-<gQ, Q> / (2t)
+for the output Q, and <gA, S> / t^2 = <gA, A> / t: written so, no power of t overflows at any representable scale.
 The last step computes only the output that is needed (Y_n for sqrt, Z_n for invsqrt), as iSQRT-COV does.
 """
 
@@ -51,7 +52,9 @@ def ns_invsqrtm(S: Any, *, iterations: int = 5, compute_dtype: str | None = "flo
 def newton_schulz(S: Any, spec: NewtonSchulzSpec, *, op: str = "newton_schulz") -> Any:
     """The Newton-Schulz square root (or inverse square root, ``spec.inverse``) for a resolved specification."""
     check_matrix(S, op, "S")
-    return checked(op, "S", S, lambda: bind(newton_schulz_p, S, spec=spec), positive_trace=True)[0]
+    # Value check: a positive trace and positive semi-definiteness (an indefinite S with a positive trace would make
+    # the iteration diverge along its negative eigenvalues: diag(3, -1) gave diag(1.73, -2.85e9)).
+    return checked(op, "S", S, lambda: bind(newton_schulz_p, S, spec=spec), psd=True)[0]
 
 
 def _ns_forward(xp: Any, S: Any, *, spec: NewtonSchulzSpec) -> tuple[tuple, tuple]:
@@ -78,12 +81,16 @@ def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, spec: NewtonSchulzSpec) -> tuple:
     # [Note: Newton-Schulz backward].
     S, t, Ys, Zs, Ts = res
     eye = eye_like(xp, S)
+    # The trace terms are written with the normalised A = S / t and the output Q (sqrt(t) Y_n or Z_n / sqrt(t)):
+    # <gQ, Y_n> / (2 sqrt t) = <gQ, Q> / (2t) and -<gQ, Z_n> / (2 t^(3/2)) = -<gQ, Q> / (2t), so no power of t beyond
+    # the first is formed (t^2 overflows for scales above 1e154 and underflows below 1e-154).
+    out = xp.sqrt(t) * Ys[-1] if not spec.inverse else Zs[-1] / xp.sqrt(t)
     if not spec.inverse:
         gY, gZ = xp.sqrt(t) * gQ, None
-        g_t = xp.sum(gQ * Ys[-1], axis=(-2, -1))[..., None, None] / (2 * xp.sqrt(t))
+        g_t = xp.sum(gQ * out, axis=(-2, -1))[..., None, None] / (2 * t)
     else:
         gY, gZ = None, gQ / xp.sqrt(t)
-        g_t = -xp.sum(gQ * Zs[-1], axis=(-2, -1))[..., None, None] / (2 * t * xp.sqrt(t))
+        g_t = -xp.sum(gQ * out, axis=(-2, -1))[..., None, None] / (2 * t)
     for k in range(spec.iterations, 0, -1):
         Yp, Zp, T = Ys[k - 1], Zs[k - 1], Ts[k - 1]
         gT, gYp, gZp = 0, 0, 0
@@ -99,7 +106,7 @@ def _ns_vjp(xp: Any, res: tuple, gQ: Any, *, spec: NewtonSchulzSpec) -> tuple:
         gP = gT * -0.5  # = -gT / 2 exactly, in one pass
         gY, gZ = gYp + Zp.mT @ gP, gZp + gP @ Yp.mT
     gA = gY
-    g_t = g_t - xp.sum(gA * S, axis=(-2, -1))[..., None, None] / (t * t)
+    g_t = g_t - xp.sum(gA * Ys[0], axis=(-2, -1))[..., None, None] / t  # <gA, S> / t^2 with Ys[0] = S / t
     return (gA / t + g_t * eye,)
 
 

@@ -20,6 +20,17 @@ from conftest import spd
 import eigpool
 from eigpool._divided import SpectralFunction
 
+
+def hpd(seed: int, eigenvalues: Any) -> np.ndarray:
+    """Q diag(eigenvalues) Q^H with a seeded random unitary Q (complex128), made exactly Hermitian."""
+    rng = np.random.default_rng(seed)
+    d = len(eigenvalues)
+    q, r = np.linalg.qr(rng.standard_normal((d, d)) + 1j * rng.standard_normal((d, d)))
+    q = q * (np.diag(r) / np.abs(np.diag(r))).conj()
+    s = (q * np.asarray(eigenvalues, dtype=np.float64)) @ q.conj().T
+    return (s + s.conj().T) / 2
+
+
 #: Spectrum families of the 4 x 4 test matrices: distinct, exactly repeated (pairs, a triple, a scalar matrix), and
 #: ties broken at 1e-7 and 1e-10 (where cancellation would show), and singular (a double zero eigenvalue).
 SPECTRA = {
@@ -32,23 +43,39 @@ SPECTRA = {
 }
 
 
+def _kind_of(S: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """SciPy's result in S's kind: its (round-off) imaginary part dropped for real S."""
+    return out if np.iscomplexobj(S) else out.real
+
+
 def _sqrt(S: np.ndarray) -> np.ndarray:
-    return sl.sqrtm(S).real
+    return _kind_of(S, sl.sqrtm(S))
 
 
 def _power(p: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda S: sl.fractional_matrix_power(S, p).real
+    return lambda S: _kind_of(S, sl.fractional_matrix_power(S, p))
+
+
+def _exponent_like(S: Any, p: float) -> Any:
+    """The exponent p as a 0-d real array of S's library and device (powm's array route)."""
+    from array_api_compat import array_namespace, device, is_array_api_obj
+
+    if not is_array_api_obj(S):
+        return np.asarray(p)  # powm refuses S itself first
+    xp = array_namespace(S)
+    return xp.asarray(p, dtype=xp.float64 if S.dtype in (xp.float64, xp.complex128) else xp.float32,
+                      device=device(S))
 
 
 def _seb(S: np.ndarray) -> np.ndarray:
     Q = _sqrt(S)
-    return (1 + np.linalg.norm(Q @ sl.expm(-S).T)) * Q
+    return (1 + np.linalg.norm(Q @ sl.expm(-S).conj().T)) * Q
 
 
 def _truncated(S: np.ndarray, k: int) -> np.ndarray:
     l, U = np.linalg.eigh(S)
     l[:k] = 0
-    return (U * l) @ U.T
+    return (U * l) @ U.conj().T
 
 
 def _cov(X: np.ndarray) -> np.ndarray:
@@ -97,6 +124,7 @@ class Op:
     second_order: second derivatives (double backward, hessian) are exact at repeated eigenvalues.
     symmetric: the input must be symmetric (refused otherwise).
     tape: ``eigpool.vjp`` can trace it (it uses eigpool functions only; else only frameworks with autodiff can).
+    complex: it takes complex Hermitian input too (the generic tests run it on HPD matrices as well).
     """
 
     name: str
@@ -109,27 +137,46 @@ class Op:
     symmetric: bool = True
     tape: bool = True
     spectra: tuple[str, ...] = field(default_factory=lambda: tuple(SPECTRA))
+    complex: bool = False
 
 
 _NO_TIES = ("distinct", "scalar")
 
 OPS = [
-    Op("sqrtm", eigpool.sqrtm, _sqrt, second_order=True),
-    Op("invsqrtm", eigpool.invsqrtm, lambda S: np.linalg.inv(_sqrt(S)), second_order=True),
-    Op("logm", eigpool.logm, lambda S: sl.logm(S).real, second_order=True),
-    Op("powm(0.3)", lambda S: eigpool.powm(S, 0.3), _power(0.3), second_order=True),
-    Op("powm(-1.5)", lambda S: eigpool.powm(S, -1.5), _power(-1.5), second_order=True),
-    Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True),
-    Op("expm_neg", eigpool.expm_neg, lambda S: sl.expm(-S), positive=False, second_order=True),
-    Op("seb", eigpool.seb, _seb, second_order=True),
+    Op("sqrtm", eigpool.sqrtm, _sqrt, second_order=True, complex=True),
+    Op("invsqrtm", eigpool.invsqrtm, lambda S: np.linalg.inv(_sqrt(S)), second_order=True, complex=True),
+    Op("logm", eigpool.logm, lambda S: _kind_of(S, sl.logm(S)), second_order=True, complex=True),
+    Op("powm(0.3)", lambda S: eigpool.powm(S, 0.3), _power(0.3), second_order=True, complex=True),
+    Op("powm(-1.5)", lambda S: eigpool.powm(S, -1.5), _power(-1.5), second_order=True, complex=True),
+    Op("powm(2)", lambda S: eigpool.powm(S, 2), lambda S: S @ S, second_order=True, complex=True),
+    # The exponent as a 0-d array of S's library: an input of the primitive (a constant here; its own derivative is
+    # tested in test_spd.py).
+    Op("powm(array 0.3)", lambda S: eigpool.powm(S, _exponent_like(S, 0.3)), _power(0.3), second_order=True,
+       complex=True),
+    Op("expm", eigpool.expm, sl.expm, positive=False, second_order=True, complex=True),
+    Op("expm_neg", eigpool.expm_neg, lambda S: sl.expm(-S), positive=False, second_order=True, complex=True),
+    # Frechet derivatives in a direction that commutes with S, where they have a closed form: D log(S)[e^(-S)] =
+    # S^(-1) e^(-S), D exp(S)[S] = S e^S. As functions of S they test the rule's derivative in S (second differences)
+    # and in E together.
+    Op("frechet(log)", lambda S: eigpool.frechet("log", S, eigpool.expm_neg(S)),
+       lambda S: np.linalg.solve(S, sl.expm(-S)), complex=True),
+    Op("frechet(exp)", lambda S: eigpool.frechet(eigpool.expm, S, S), lambda S: S @ sl.expm(S), positive=False,
+       complex=True),
+    # One triangle read (LAPACK's and pyRiemann's convention): any square input, the gradient in that triangle.
+    Op("logm(triangle='lower')", lambda S: eigpool.logm(S, triangle="lower"), lambda S: _kind_of(S, sl.logm(S)),
+       symmetric=False, second_order=True, complex=True, spectra=("distinct", "repeated")),
+    Op("seb", eigpool.seb, _seb, second_order=True, complex=True),
     # Truncating 2 of 4 cuts between the pairs of "repeated": a cut inside a tie (triple, scalar) has no derivative.
     Op("truncate(2)", lambda S: eigpool.truncate(S, 2), lambda S: _truncated(S, 2), positive=False,
-       second_order=True, spectra=("distinct", "repeated", "near_ties", "singular")),
+       second_order=True, spectra=("distinct", "repeated", "near_ties", "singular"), complex=True),
     Op("sqrtm(truncate=2)", lambda S: eigpool.sqrtm(S, truncate=2), lambda S: _truncated(_sqrt(S), 2),
-       second_order=True, spectra=("distinct", "repeated", "near_ties")),
-    Op("spectral(cbrt)", lambda S: eigpool.spectral(S, _cbrt, _cbrt_slope, positive=True), _power(1 / 3)),
-    Op("spectral(x^3)", lambda S: eigpool.spectral(S, _cube, _cube_slope), lambda S: S @ S @ S, positive=False),
-    Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3)),
+       second_order=True, spectra=("distinct", "repeated", "near_ties"), complex=True),
+    Op("spectral(cbrt)", lambda S: eigpool.spectral(S, _cbrt, _cbrt_slope, positive=True), _power(1 / 3),
+       complex=True),
+    Op("spectral(x^3)", lambda S: eigpool.spectral(S, _cube, _cube_slope), lambda S: S @ S @ S, positive=False,
+       complex=True),
+    Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3),
+       complex=True),
     Op("eigh(eigenvalues)", lambda S: eigpool.eigh(S).eigenvalues, lambda S: np.linalg.eigvalsh(S), positive=False,
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
@@ -160,11 +207,12 @@ def _sum_exp_neg(l: Any) -> Any:
     return xp.sum(xp.exp(-l), axis=-1)
 
 
-def example_input(op: Op, seed: int = 0, spectrum: str = "distinct") -> np.ndarray:
-    """A float64 NumPy input of the op's kind: a 4 x 4 matrix of the named spectrum, features (4, 7) with a full-rank
-    covariance of distinct eigenvalues (6 positions for the Gram route: N > d, all its cases), or a triu vector."""
+def example_input(op: Op, seed: int = 0, spectrum: str = "distinct", hermitian: bool = False) -> np.ndarray:
+    """A float64 NumPy input of the op's kind: a 4 x 4 matrix of the named spectrum (complex128 Hermitian if
+    ``hermitian``), features (4, 7) with a full-rank covariance of distinct eigenvalues (6 positions for the Gram
+    route: N > d, all its cases), or a triu vector."""
     if op.kind == "matrix":
-        return spd(seed, SPECTRA[spectrum])
+        return hpd(seed, SPECTRA[spectrum]) if hermitian else spd(seed, SPECTRA[spectrum])
     if op.kind == "features":
         return np.random.default_rng(seed).standard_normal((4, 7))
     return np.random.default_rng(seed).standard_normal(10)
@@ -190,9 +238,17 @@ def bad_calls(op: Op) -> list[BadCall]:
     """The bad inputs every op of this kind must refuse, each with the message that names the problem."""
     calls = [BadCall("NaN", lambda x: _with(x, (0,) * x.ndim, np.nan), ValueError, "contains NaN or inf"),
              BadCall("inf", lambda x: _with(x, (-1,) * x.ndim, np.inf), ValueError, "contains NaN or inf"),
-             BadCall("int", lambda x: x.astype(np.int64), TypeError, "real floating dtype"),
-             BadCall("complex", lambda x: x.astype(np.complex128), TypeError, "real floating dtype"),
+             BadCall("int", lambda x: x.astype(np.int64), TypeError,
+                     "real or complex floating dtype" if op.complex else "real floating dtype"),
              BadCall("list", lambda x: x.tolist(), TypeError, "must be an array")]
+    if op.complex:
+        calls.append(BadCall("complex NaN", lambda x: _with(x.astype(np.complex128), (0, 1), complex(0, np.nan)),
+                             ValueError, "contains NaN or inf"))
+        if op.symmetric:
+            calls.append(BadCall("non-Hermitian", lambda x: x + 1j * np.ones_like(x), ValueError,
+                                 "must be Hermitian"))
+    else:
+        calls.append(BadCall("complex", lambda x: x.astype(np.complex128), TypeError, "real floating dtype"))
     if op.kind == "matrix":
         calls += [BadCall("vector", lambda x: x[0], ValueError, "rank at least 2"),
                   BadCall("non-square", lambda x: x[:, :3], ValueError, "must be square")]
@@ -202,6 +258,10 @@ def bad_calls(op: Op) -> list[BadCall]:
     if op.kind == "matrix" and op.positive:
         message = "positive trace" if op.name.startswith("ns_") else "must be positive semi-definite"
         calls.append(BadCall("negative definite", lambda x: -x, ValueError, message))
+        # Indefinite with a positive trace (Newton-Schulz diverged along the negative eigenvalue: diag(3, -1) gave
+        # diag(1.73, -2.85e9) before the check).
+        calls.append(BadCall("indefinite", lambda x: x - 0.7 * np.eye(len(x)), ValueError,
+                             "must be positive semi-definite"))
     if op.kind == "features":
         calls += [BadCall("vector", lambda x: x[0], ValueError, "rank at least 2"),
                   BadCall("no positions", lambda x: x[:, :0], ValueError, "at least one position")]

@@ -43,6 +43,11 @@ BAD_OPTIONS = [
     ("spectral_spec('power')", lambda: eigpool.spectral_spec("power"), ValueError, "p is the exponent"),
     ("spectral_spec('log', seb=True)", lambda: eigpool.spectral_spec("log", seb=True), ValueError, "needs fn='sqrt'"),
     ("spectral(f=1)", lambda: eigpool.spectral(S, 1, np.sqrt), TypeError, "f and df must be callables"),
+    ("sqrtm(triangle='both')", lambda: eigpool.sqrtm(S, triangle="both"), ValueError,
+     "sqrtm: triangle must be None or one of ('lower', 'upper')"),
+    ("frechet(fn='cbrt')", lambda: eigpool.frechet("cbrt", S, S), ValueError, "frechet: fn must be one of"),
+    ("frechet(E of another size)", lambda: eigpool.frechet("log", S, np.eye(2)), ValueError,
+     "frechet: S and E must be matrices of one size"),
 ]
 
 

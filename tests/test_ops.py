@@ -129,9 +129,10 @@ def test_vjp_matches_finite_differences(op: Op, spectrum: str):
 
 
 def _torch_fn(op: Op):
-    """The op as a function of an unconstrained tensor: symmetric inputs go through sym(A) = (A + A^T) / 2."""
+    """The op as a function of an unconstrained tensor: symmetric inputs go through sym(A) = (A + A^H) / 2 (with a
+    materialised conjugate: PyTorch's batched forward gradients reject the tangent of a lazy conjugate view)."""
     if op.kind == "matrix" and op.symmetric:
-        return lambda A: op.fn((A + A.mT) / 2)
+        return lambda A: op.fn((A + (torch.conj_physical(A) if A.is_complex() else A).mT) / 2)
     return op.fn
 
 
@@ -228,6 +229,69 @@ def test_per_sample_gradients_with_vmap_of_grad(op: Op):
         x = x.clone().requires_grad_(True)
         loss(x).backward()
         torch.testing.assert_close(g, x.grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Complex Hermitian input: the ops marked ``complex`` on HPD matrices, against SciPy, finite differences (NumPy, the
+# dot-product test for the real inner product Re tr(W^H Y)) and torch's complex gradcheck (conjugate Wirtinger
+# convention), first and second order.
+
+COMPLEX = [op for op in OPS if op.complex]
+COMPLEX_DIFF = [(op, spectrum) for op in COMPLEX for spectrum in ("distinct", "repeated")
+                if spectrum in op.spectra and (op.ties or spectrum == "distinct")]
+COMPLEX_IDS = [f"{op.name}-{spectrum}" for op, spectrum in COMPLEX_DIFF]
+
+
+@pytest.mark.parametrize("op", [op for op in COMPLEX if op.reference is not None], ids=lambda op: op.name)
+def test_hermitian_input_matches_the_reference(op: Op, namespace, request):
+    name, asarray, to_numpy = namespace
+    if name == "jax":
+        # backends/jax.py casts every input to one real compute dtype (the imaginary part is lost); the fix is
+        # eigpool._primitive.compute_dtypes_of there. Strict: this fails once JAX computes complex input.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the JAX binder casts complex input to real"))
+    x = example_input(op, seed=1, hermitian=True)
+    x_ns = asarray(x)
+    out = op.fn(x_ns)
+    assert type(out) is type(x_ns) and out.dtype == x_ns.dtype
+    ref = op.reference(x)
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-9, atol=1e-11 * np.abs(ref).max())
+    np.testing.assert_array_equal(to_numpy(out), to_numpy(out).conj().T)  # exactly Hermitian
+
+
+@pytest.mark.parametrize(("op", "spectrum"), [c for c in COMPLEX_DIFF if c[0].tape],
+                         ids=[i for c, i in zip(COMPLEX_DIFF, COMPLEX_IDS, strict=True) if c[0].tape])
+def test_hermitian_vjp_matches_finite_differences(op: Op, spectrum: str):
+    from eigpool.validation._finite_differences import central_difference, richardson
+
+    rng = np.random.default_rng(11)
+    x = example_input(op, seed=2, spectrum=spectrum, hermitian=True)
+    out, pullback = eigpool.vjp(op.fn, x)
+    w = rng.standard_normal(out.shape) + 1j * rng.standard_normal(out.shape)
+    (grad,) = pullback(w)
+    for _ in range(3):
+        e = rng.standard_normal(x.shape) + 1j * rng.standard_normal(x.shape)
+        e = (e + e.conj().T) / np.linalg.norm(e + e.conj().T)
+        fd, *_ = richardson(central_difference(lambda xs: np.vdot(w, op.fn(xs[0])).real, [x], [e]), 1e-3, 4)
+        assert abs(float(fd) - np.vdot(grad, e).real) <= 1e-7 * max(1.0, abs(float(fd)))
+
+
+@pytest.mark.parametrize(("op", "spectrum"), COMPLEX_DIFF, ids=COMPLEX_IDS)
+def test_hermitian_gradcheck_with_batched_gradients_and_forward_mode(op: Op, spectrum: str):
+    x = torch.tensor(example_input(op, seed=3, spectrum=spectrum, hermitian=True)).requires_grad_(True)
+    assert torch.autograd.gradcheck(_torch_fn(op), (x,), check_batched_grad=True, check_forward_ad=True,
+                                    check_batched_forward_grad=True)
+
+
+COMPLEX_SECOND = [(op, s) for op, s in COMPLEX_DIFF if op.second_order or s == "distinct"]
+
+
+@pytest.mark.parametrize(("op", "spectrum"), COMPLEX_SECOND, ids=[f"{op.name}-{s}" for op, s in COMPLEX_SECOND])
+def test_hermitian_gradgradcheck(op: Op, spectrum: str):
+    # Forward over reverse where the op has a second-order rule: without one, the VJP is differentiated through
+    # torch.linalg.eigh, whose complex backward fails under forward mode inside PyTorch (DiagonalScatterBackward0
+    # returns a real gradient for a complex input; docs/spd.md, limits).
+    x = torch.tensor(example_input(op, seed=3, spectrum=spectrum, hermitian=True)).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(_torch_fn(op), (x,), check_fwd_over_rev=op.second_order)
 
 
 def test_spectra_table_is_what_the_tests_say():

@@ -24,7 +24,7 @@ def test_readme_python_examples_run(index):
     exec(compile(code, f"README.md python block {index}", "exec"), {})
 
 
-DOCS = ("transforms.md", "jax.md")
+DOCS = ("transforms.md", "jax.md", "spd.md")
 
 
 @pytest.mark.parametrize(("doc", "index"), [(doc, i) for doc in DOCS for i in range(

@@ -40,7 +40,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.autograd import forward_ad
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from eigpool._primitive import Backend, Primitive, compute_dtype_of, register_backend, run_vjp
+from eigpool._primitive import Backend, Primitive, compute_dtypes_of, register_backend, run_vjp
 
 __all__ = ["bind", "concrete", "xp_torch"]
 
@@ -59,9 +59,9 @@ class _Linalg:
 class _Namespace:
     """The array API namespace the rules run in: array_api_compat's torch namespace, with the two functions whose
     aten operators have no batching rule in PyTorch's legacy vmap (``gradcheck(check_batched_grad=True)``) bound to
-    the equivalent ones that have (``concat`` -> torch.cat, ``linalg.diagonal``), and ``maximum``/``minimum`` with a
+    the equivalent ones that have (``concat`` -> torch.cat, ``linalg.diagonal``); ``maximum``/``minimum`` with a
     Python scalar bound to ``torch.clamp`` (array_api_compat promotes the scalar with ``torch.result_type``, which
-    Dynamo cannot trace)."""
+    Dynamo cannot trace); and ``conj`` materialised (``torch.conj_physical``)."""
 
     linalg = _Linalg()
 
@@ -77,6 +77,12 @@ class _Namespace:
         return torch.clamp(x1, max=x2) if isinstance(x2, (int, float)) else compat_torch.minimum(x1, x2)
 
     @staticmethod
+    def conj(x: Tensor, /) -> Tensor:
+        # A materialised conjugate: torch.conj is a lazy view, whose tangent layout forward-mode AD under vmap
+        # (gradcheck's batched forward gradients) rejects.
+        return torch.conj_physical(x)
+
+    @staticmethod
     def concat(arrays: Any, /, *, axis: int | None = 0) -> Tensor:
         return torch.cat(list(arrays), dim=axis) if axis is not None else torch.cat([a.reshape(-1) for a in arrays])
 
@@ -84,8 +90,13 @@ class _Namespace:
 xp_torch = _Namespace()
 
 
-def _cast(x: Any, dtype: torch.dtype) -> Any:
-    return x if not isinstance(x, Tensor) or x.dtype == dtype else x.to(dtype)
+def _cast(x: Any, dtype: torch.dtype | None) -> Any:
+    return x if not isinstance(x, Tensor) or dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def _cast_all(xs: Any, dtypes: tuple) -> tuple:
+    """Each of ``xs`` in its own compute dtype (a primitive's inputs keep their kind: real or complex)."""
+    return tuple(_cast(x, d) for x, d in zip(xs, dtypes, strict=True))
 
 
 def _needs_autodiff(p: Primitive, inputs: tuple) -> bool:
@@ -104,13 +115,13 @@ def bind(p: Primitive, inputs: tuple, spec: Any) -> tuple[Tensor, ...]:
     differentiable ones in ``inputs[0]``'s dtype, all on its device. Without any derivative to record (``no_grad``,
     inputs that do not require grad) the forward rule runs directly and saves nothing."""
     dtype = inputs[0].dtype
-    cdtype = compute_dtype_of(xp_torch, dtype, spec.compute_dtype)
+    cdtypes = compute_dtypes_of(xp_torch, inputs, spec.compute_dtype)
     n = p.n_outputs + p.aux_outputs
     if not _needs_autodiff(p, inputs):
-        outputs, _ = p.forward(xp_torch, *[_cast(x, cdtype) for x in inputs], spec=spec)
+        outputs, _ = p.forward(xp_torch, *_cast_all(inputs, cdtypes), spec=spec)
         return (*[_cast(y, dtype) for y in outputs[:p.n_outputs]], *outputs[p.n_outputs:])
     function = _ApplyCompiled if torch.compiler.is_compiling() else _Apply
-    return tuple(function.apply(p, spec, cdtype, *inputs)[:n])
+    return tuple(function.apply(p, spec, _Opaque(cdtypes), *inputs)[:n])
 
 
 def concrete(x: Tensor) -> bool:
@@ -174,10 +185,13 @@ def _unflatten(spec: Any, found: dict[str, tuple]) -> Any:
     return spec
 
 
-def _transpose(linear: Any, shapes: list[tuple], dtype: torch.dtype, device: torch.device, tangents: tuple) -> tuple:
+def _transpose(linear: Any, shapes: list[tuple], dtypes: list[torch.dtype], device: torch.device,
+               tangents: tuple) -> tuple:
     """(w -> linear(w))^T applied to ``tangents``: the JVP of a map whose VJP is ``linear`` ([Note: torch forward
-    mode]). ``shapes``: those of the w arguments; ``tangents``: one per output of ``linear`` (which are tensors)."""
-    zeros = [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
+    mode]). ``shapes`` and ``dtypes``: those of the w arguments; ``tangents``: one per output of ``linear`` (which
+    are tensors). For complex tensors the transpose is the adjoint for the real inner product Re <a, b>, which
+    ``torch.func.vjp`` computes, so the JVP is the real-linear differential (PyTorch's complex convention)."""
+    zeros = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in zip(shapes, dtypes, strict=True)]
     _, pullback = torch.func.vjp(linear, *zeros)
     return pullback(tangents)
 
@@ -191,9 +205,9 @@ class _Apply(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(p: Primitive, spec: Any, cdtype: torch.dtype, *inputs: Any) -> tuple:
+    def forward(p: Primitive, spec: Any, cdtypes: _Opaque, *inputs: Any) -> tuple:
         dtype = inputs[0].dtype
-        cast = tuple(_cast(x, cdtype) for x in inputs)
+        cast = _cast_all(inputs, cdtypes.value)
         outputs, residuals = p.forward(xp_torch, *cast, spec=spec)
         n = p.n_outputs
         # Outputs are returned detached (the same memory): an output that is a view of a tensor made inside the rule
@@ -205,13 +219,13 @@ class _Apply(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        p, spec, cdtype, *xs = inputs
+        p, spec, cdtypes, *xs = inputs
         n = p.n_outputs + p.aux_outputs
         outputs, residuals, tree = output[:n], output[n:-1], output[-1].value
         ctx.mark_non_differentiable(*outputs[p.n_outputs:], *residuals)
         # No zero-filled gradients for the auxiliary outputs and residuals (each as large as they are).
         ctx.set_materialize_grads(False)
-        ctx.p, ctx.spec, ctx.cdtype, ctx.tree = p, spec, cdtype, tree
+        ctx.p, ctx.spec, ctx.cdtypes, ctx.tree = p, spec, cdtypes.value, tree
         ctx.tensor_at = [i for i, x in enumerate(xs) if isinstance(x, Tensor)]
         ctx.n_inputs, ctx.n_residuals = len(xs), len(residuals)
         ctx.input_dtypes = tuple(x.dtype if isinstance(x, Tensor) else None for x in xs)
@@ -231,16 +245,16 @@ class _Apply(torch.autograd.Function):
             # [Note: torch double backward]: the VJP as a differentiable function of inputs and cotangents.
             flat: list[Tensor] = []
             tree = _flatten(residuals, flat, (), ())
-            cts = _ApplyVJP.apply(p, ctx.spec, ctx.cdtype, _Opaque((tree, ctx.n_inputs, ctx.input_dtypes)),
+            cts = _ApplyVJP.apply(p, ctx.spec, _Opaque(ctx.cdtypes), _Opaque((tree, ctx.n_inputs, ctx.input_dtypes)),
                                   *inputs, *cotangents, *flat)
         else:
-            cts = run_vjp(xp_torch, p, residuals, cotangents, ctx.spec, ctx.cdtype, ctx.input_dtypes)
+            cts = run_vjp(xp_torch, p, residuals, cotangents, ctx.spec, ctx.cdtypes[0], ctx.input_dtypes)
         return (None, None, None, *[c if w else None for c, w in zip(cts, wanted, strict=True)])
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> tuple:
         # [Note: torch forward mode]: J t = (w -> vjp(w))^T t.
-        p, cdtype = ctx.p, ctx.cdtype
+        p, cdtypes = ctx.p, ctx.cdtypes
         tangents = tangents[3:]
         for i, t in enumerate(tangents):
             if t is not None and i not in p.differentiable:
@@ -250,11 +264,12 @@ class _Apply(torch.autograd.Function):
         device = ctx.saved_tensors[0].device
 
         def linear(*ws: Tensor) -> tuple:
-            cts = run_vjp(xp_torch, p, residuals, ws, ctx.spec, cdtype, (cdtype,) * ctx.n_inputs)
+            cts = run_vjp(xp_torch, p, residuals, ws, ctx.spec, cdtypes[0], cdtypes)
             return tuple(cts[i] for i in at)
 
-        jt = _transpose(linear, [shape for shape, _ in ctx.output_meta], cdtype, device,
-                        tuple(tangents[i].to(cdtype) for i in at)) if at else [None] * p.n_outputs
+        shapes = [shape for shape, _ in ctx.output_meta]
+        jt = _transpose(linear, shapes, [cdtypes[0]] * len(shapes), device,
+                        tuple(tangents[i].to(cdtypes[i]) for i in at)) if at else [None] * p.n_outputs
         outs = [torch.zeros(shape, dtype=dtype, device=device) if j is None else j.to(dtype)
                 for j, (shape, dtype) in zip(jt, ctx.output_meta, strict=True)]
         return (*outs, *[None] * (p.aux_outputs + ctx.n_residuals + 1))
@@ -274,7 +289,7 @@ def _saved(ctx: Any) -> tuple[list, Any]:
     inputs: list[Any] = [None] * ctx.n_inputs
     for i, x in zip(ctx.tensor_at, saved[:k], strict=True):
         inputs[i] = x
-    cast = tuple(_cast(x, ctx.cdtype) for x in inputs)
+    cast = _cast_all(inputs, ctx.cdtypes)
     found = {"input": cast, "output": saved[k:k + n], "residual": saved[k + n:]}
     return inputs, _unflatten(ctx.tree, found)
 
@@ -285,22 +300,22 @@ def _saved(ctx: Any) -> tuple[list, Any]:
 class _ApplyVJP(torch.autograd.Function):
     """forward = ``p.vjp`` from the saved residuals, backward = the second derivative, jvp = its transpose.
 
-    Arguments after ``(p, spec, cdtype, meta)``: the primal inputs, the output cotangents, the residual tensors;
+    Arguments after ``(p, spec, cdtypes, meta)``: the primal inputs, the output cotangents, the residual tensors;
     ``meta`` = (residual structure, number of inputs, input dtypes)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(p: Primitive, spec: Any, cdtype: torch.dtype, meta: _Opaque, *args: Any) -> tuple:
+    def forward(p: Primitive, spec: Any, cdtypes: _Opaque, meta: _Opaque, *args: Any) -> tuple:
         tree, n_in, dtypes = meta.value
         cotangents, flat = args[n_in:n_in + p.n_outputs], args[n_in + p.n_outputs:]
         residuals = _unflatten(tree, {"residual": flat})
-        return run_vjp(xp_torch, p, residuals, cotangents, spec, cdtype, dtypes)
+        return run_vjp(xp_torch, p, residuals, cotangents, spec, cdtypes.value[0], dtypes)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        p, spec, cdtype, meta, *args = inputs
-        ctx.p, ctx.spec, ctx.cdtype, ctx.meta = p, spec, cdtype, meta.value
+        p, spec, cdtypes, meta, *args = inputs
+        ctx.p, ctx.spec, ctx.cdtypes, ctx.meta = p, spec, cdtypes.value, meta.value
         ctx.n_args = len(args)
         ctx.tensor_at = [i for i, x in enumerate(args) if isinstance(x, Tensor)]
         ctx.save_for_backward(*[args[i] for i in ctx.tensor_at])
@@ -328,14 +343,19 @@ class _ApplyVJP(torch.autograd.Function):
             grads = _second_order(ctx, tuple(full))
             return tuple(grads[i] for i in at)
 
-        shapes = [args[i].shape for i in out_at]
-        jt = _transpose(linear, shapes, ctx.cdtype, device, tuple(tangents[i].to(ctx.cdtype) for i in at)) \
+        shapes, dtypes_w = [args[i].shape for i in out_at], [ctx.cdtypes[i] for i in out_at]
+        jt = _transpose(linear, shapes, dtypes_w, device, tuple(tangents[i].to(_arg_dtype(ctx, i)) for i in at)) \
             if at else [None] * len(out_at)
         outs: list[Any] = [None] * n_in
         for i, j in zip(out_at, jt, strict=True):
             outs[i] = (torch.zeros(args[i].shape, dtype=dtypes[i], device=device) if j is None
                        else j.to(dtypes[i]))
         return tuple(outs)
+
+
+def _arg_dtype(ctx: Any, i: int) -> torch.dtype:
+    """The compute dtype of argument ``i`` of ``_ApplyVJP``: its input's for a primal, the output's for a cotangent."""
+    return ctx.cdtypes[i] if i < len(ctx.cdtypes) else ctx.cdtypes[0]
 
 
 def _saved_args(ctx: Any) -> list:
@@ -348,12 +368,13 @@ def _saved_args(ctx: Any) -> list:
 def _second_order(ctx: Any, ws: tuple) -> list:
     """The VJP of (inputs, cotangents) -> input cotangents for the cotangents ``ws`` (one per input, None for none):
     one entry per argument of ``_ApplyVJP`` after ``meta`` (None for the residual tensors)."""
-    p, spec, cdtype, (tree, n_in, dtypes) = ctx.p, ctx.spec, ctx.cdtype, ctx.meta
+    p, spec, cdtypes, (tree, n_in, dtypes) = ctx.p, ctx.spec, ctx.cdtypes, ctx.meta
+    cdtype = cdtypes[0]
     args = _saved_args(ctx)
     inputs, cotangents, flat = args[:n_in], args[n_in:n_in + p.n_outputs], args[n_in + p.n_outputs:]
-    diff = [i for i in p.differentiable if inputs[i] is not None]
-    w = tuple(torch.zeros(inputs[i].shape, dtype=cdtype, device=inputs[i].device) if ws[i] is None
-              else ws[i].to(cdtype) for i in diff)
+    diff = [i for i in p.differentiable if i < n_in and inputs[i] is not None]
+    w = tuple(torch.zeros(inputs[i].shape, dtype=cdtypes[i], device=inputs[i].device) if ws[i] is None
+              else ws[i].to(cdtypes[i]) for i in diff)
     rule = p.second_order(spec) if p.second_order is not None else None
     if rule is not None:
         residuals = _unflatten(tree, {"residual": flat})
@@ -361,14 +382,14 @@ def _second_order(ctx: Any, ws: tuple) -> list:
     else:
         # No rule: the VJP of the recomputed forward and VJP, by PyTorch's own derivatives.
         def vjp_of(*xs_and_cts: Tensor) -> tuple:
-            xs = [_cast(x, cdtype) for x in inputs]
+            xs = list(_cast_all(inputs, cdtypes))
             for i, x in zip(diff, xs_and_cts[:len(diff)], strict=True):
                 xs[i] = x
             _, res = p.forward(xp_torch, *xs, spec=spec)
-            cts = run_vjp(xp_torch, p, res, xs_and_cts[len(diff):], spec, cdtype, (cdtype,) * n_in)
+            cts = run_vjp(xp_torch, p, res, xs_and_cts[len(diff):], spec, cdtype, cdtypes)
             return tuple(cts[i] for i in diff)
 
-        primals = (*[_cast(inputs[i], cdtype) for i in diff], *[_cast(c, cdtype) for c in cotangents])
+        primals = (*[_cast(inputs[i], cdtypes[i]) for i in diff], *[_cast(c, cdtype) for c in cotangents])
         _, pullback = torch.func.vjp(vjp_of, *primals)
         d = pullback(w)
     out: list[Any] = [None] * ctx.n_args
