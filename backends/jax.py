@@ -112,9 +112,17 @@ def _layout(p: Primitive, spec: Any, xs: tuple) -> _Layout:
     return _LAYOUTS[key]
 
 
+def _conj(arrays: tuple) -> tuple:
+    """Complex arrays conjugated, real ones as they are."""
+    return tuple(jnp.conj(a) if a is not None and jnp.iscomplexobj(a) else a for a in arrays)
+
+
 def _diff_vjp(p: Primitive, spec: Any, residuals: Any, cts: tuple) -> tuple:
-    """J(x)^T c for the differentiable inputs (the VJP rule on the forward's residuals)."""
-    out = p.vjp(xp, residuals, *cts, spec=spec)
+    """J(x)^T c for the differentiable inputs (the VJP rule on the forward's residuals), in JAX's convention.
+
+    The rules follow PyTorch's for complex arrays (cotangents are conjugate Wirtinger derivatives, paired by
+    Re <a, b> with conjugation); JAX pairs without conjugation, so its VJP is conj(rule(conj(c)))."""
+    out = _conj(p.vjp(xp, residuals, *_conj(cts), spec=spec))
     return tuple(out[i] for i in p.differentiable)
 
 
@@ -156,7 +164,9 @@ def _second(p: Primitive, spec: Any, xs: tuple, residuals: Any, cts: tuple, ws: 
     cts, ws = _arrays(cts), _arrays(ws)
     rule = p.second_order(spec) if p.second_order is not None else None
     if rule is not None:
-        return tuple(rule(xp, residuals, cts, *ws, spec=spec)[:len(p.differentiable)])
+        # JAX's convention for complex arrays: x -> V(x, c) is conj(x -> rule's V(x, conj c)), whose JAX VJP at w is
+        # conj(rule's R(conj c, w)) (as in _diff_vjp, the outer conj cancels the one on w).
+        return _conj(tuple(rule(xp, residuals, _conj(cts), *ws, spec=spec)[:len(p.differentiable)]))
 
     def at(*diff: Any) -> tuple:
         full = list(xs)
@@ -274,7 +284,13 @@ _WARNED: list[bool] = []
 
 
 def _compute_dtype(dtype: Any, compute_dtype: str | None) -> Any:
+    """The dtype an input computes in: ``compute_dtype`` (complex input: the complex dtype of that precision), or the
+    input's own (half precision promoted to float32); float64 falls back to float32, with one warning, when JAX's
+    64-bit mode is off."""
+    complex_input = jnp.issubdtype(dtype, jnp.complexfloating)
     if compute_dtype is None:
+        if complex_input:
+            return dtype
         return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     if compute_dtype == "float64" and not jax.config.jax_enable_x64:
         if not _WARNED:
@@ -282,17 +298,20 @@ def _compute_dtype(dtype: Any, compute_dtype: str | None) -> Any:
             warnings.warn("eigpool: compute_dtype='float64' needs JAX's 64-bit mode, which is off; eigpool computes in "
                           "float32 instead. Turn it on before creating arrays: jax.config.update('jax_enable_x64', "
                           "True) (or JAX_ENABLE_X64=1), or pass compute_dtype='float32' to say so. This warning is "
-                          "given once.", UserWarning, stacklevel=4)
-        return jnp.float32
+                          "given once.", UserWarning, stacklevel=5)
+        compute_dtype = "float32"
+    if complex_input:
+        return jnp.complex128 if compute_dtype == "float64" else jnp.complex64
     return getattr(jnp, compute_dtype)
 
 
 def bind(p: Primitive, inputs: tuple, spec: Any) -> tuple:
     """Apply primitive ``p`` to JAX arrays (called by ``eigpool._primitive.bind``): the differentiable outputs in
-    ``inputs[0]``'s dtype, under every JAX transformation."""
+    ``inputs[0]``'s dtype, under every JAX transformation. Each input computes in its own kind's compute dtype (a real
+    exponent beside a complex matrix stays real)."""
     dtype = inputs[0].dtype
-    cdtype = _compute_dtype(dtype, spec.compute_dtype)
-    outs = _primitives(p).fwd.bind(*[x.astype(cdtype) for x in inputs], spec=spec)
+    cast = [x.astype(_compute_dtype(x.dtype, spec.compute_dtype)) for x in inputs]
+    outs = _primitives(p).fwd.bind(*cast, spec=spec)
     return (*[y.astype(dtype) for y in outs[:p.n_outputs]], *outs[p.n_outputs:p.n_outputs + p.aux_outputs])
 
 
