@@ -45,3 +45,15 @@ def test_every_backend_offers_every_public_function():
         assert all(getattr(module, name) is getattr(eigpool, name) for name in functions)
     source = Path(importlib.util.find_spec("eigpool.backends").submodule_search_locations[0], "cupy.py").read_text()
     assert "eigpool.ARRAY_FUNCTIONS" in source
+
+
+def test_packaging_ships_the_license_and_the_type_marker():
+    # The wheel carries LICENSE (PEP 639 license-files) and eigpool/py.typed (PEP 561); checked by building one in
+    # development (pip wheel . gives eigpool/py.typed and eigpool-*.dist-info/licenses/LICENSE).
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license-files"] == ["LICENSE"] and "BSD 3-Clause" in (root / "LICENSE").read_text()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["eigpool"]
+    assert (root / "eigpool" / "py.typed").exists() and (root / "CHANGELOG.md").exists()
