@@ -140,22 +140,24 @@ def _fwd_impl(p: Primitive, *xs: Any, spec: Any) -> list:
     return [*outs, *_residual_arrays(residuals)]
 
 
-def _parts(args: tuple, n_inputs: int, layout: _Layout) -> tuple[tuple, Any, tuple]:
-    """(inputs, residuals, linear arguments) of a ``lin`` or ``vjp`` call."""
+def _parts(p: Primitive, spec: Any, args: tuple, n_inputs: int, layout: _Layout) -> tuple[tuple, Any, tuple]:
+    """(inputs, residuals, linear arguments) of a ``lin`` or ``vjp`` call. The residuals' non-array leaves are those of
+    these inputs' shapes (under vmap the rule runs on the batched shapes: a saved input shape is the batched one)."""
     args = _arrays(args)
     n = n_inputs + layout.n_arrays
-    return args[:n_inputs], layout.unflatten(args[n_inputs:n]), args[n:]
+    xs = args[:n_inputs]
+    return xs, _layout(p, spec, xs).unflatten(args[n_inputs:n]), args[n:]
 
 
 def _lin_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
-    xs, residuals, ts = _parts(args, n_inputs, layout)
+    xs, residuals, ts = _parts(p, spec, args, n_inputs, layout)
     transpose = jax.linear_transpose(lambda *cts: _diff_vjp(p, spec, residuals, cts),
                                      *_examples(_output_avals(p, xs, spec)))
     return list(transpose(tuple(ts)))
 
 
 def _vjp_impl(p: Primitive, *args: Any, spec: Any, n_inputs: int, layout: _Layout) -> list:
-    _, residuals, cts = _parts(args, n_inputs, layout)
+    _, residuals, cts = _parts(p, spec, args, n_inputs, layout)
     return list(_diff_vjp(p, spec, residuals, cts))
 
 
@@ -226,7 +228,7 @@ def _primitives(p: Primitive) -> _Primitives:
                                                            layout=layout))
 
     def lin_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int, layout: _Layout) -> tuple:
-        xs, residuals, ts = _parts(primals, n_inputs, layout)
+        xs, residuals, ts = _parts(p, spec, primals, n_inputs, layout)
         n = n_inputs + layout.n_arrays
         dxs, dts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n:])
         out = prims.lin.bind(*primals, spec=spec, n_inputs=n_inputs, layout=layout)
@@ -238,7 +240,7 @@ def _primitives(p: Primitive) -> _Primitives:
         return out, [a + b for a, b in zip(second, first, strict=True)]
 
     def vjp_jvp(primals: tuple, tangents: tuple, *, spec: Any, n_inputs: int, layout: _Layout) -> tuple:
-        xs, residuals, cts = _parts(primals, n_inputs, layout)
+        xs, residuals, cts = _parts(p, spec, primals, n_inputs, layout)
         n = n_inputs + layout.n_arrays
         dxs, dcts = _zeros([tangents[i] for i in diff]), _zeros(tangents[n:])
         out = prims.vjp.bind(*primals, spec=spec, n_inputs=n_inputs, layout=layout)
