@@ -8,7 +8,7 @@ and ``torch.func`` for tensors (``eigpool.backends.torch``). Options are resolve
 
 from . import _primitive
 from ._checks import value_checks
-from ._divided import SpectralFunction
+from ._divided import SpectralFunction, ns_polynomial, shifted_sqrt
 from ._kernels import KERNELS
 from ._primitive import Primitive, bind, vjp
 from ._spec import GRADS, SpectralSpec
@@ -37,8 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ARRAY_FUNCTIONS", "GRADS", "KERNELS", "EighResult", "Primitive", "SpectralFunction", "SpectralSpec", "bind",
     "covariance", "eigh", "expm", "expm_neg", "frechet", "invsqrtm", "logm", "matrix_function", "ns_invsqrtm",
-    "ns_sqrtm", "pooled",
-    "powm", "seb", "spectral", "spectral_spec", "sqrtm", "triu_unvec", "triu_vec", "truncate", "value_checks", "vjp",
+    "ns_polynomial", "ns_sqrtm", "pooled", "powm", "seb", "shifted_sqrt", "spectral", "spectral_spec", "sqrtm",
+    "triu_unvec", "triu_vec", "truncate", "value_checks", "vjp",
 ]
 
 #: The functions on arrays, which every backend offers under the same names (the backends read this table).

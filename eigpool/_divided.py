@@ -16,12 +16,14 @@ Every function here is elementwise on arrays of the namespace ``xp`` and trace-s
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-__all__ = ["POWER_INPUT", "SPECTRAL_FUNCTIONS", "SpectralFunction", "exponent_slope_of_array", "power",
-           "power_of_array", "user_function"]
+__all__ = ["POWER_INPUT", "SPECTRAL_FUNCTIONS", "SpectralFunction", "exponent_slope_of_array", "ns_polynomial",
+           "power", "power_of_array", "shifted_sqrt", "user_function"]
 
 
 class SpectralFunction(NamedTuple):
@@ -143,6 +145,63 @@ def _power_function(name: str, p: Callable[[Any], Any]) -> SpectralFunction:
 def power(p: float) -> SpectralFunction:
     """l^p for real p on l > 0. One object per exponent (cached), so equal exponents give equal specifications."""
     return _power_function(f"power({p!r})", lambda x: p)
+
+
+@cache
+def shifted_sqrt(shift: float) -> SpectralFunction:
+    """sqrt(l + shift) for l > -shift: the square root with the bounded slope 1 / (2 sqrt(shift)) at l = 0. Its
+    divided differences are sqrt's at the shifted arguments (no cancellation, exact at ties). One object per shift.
+    shift: a finite number > 0 (ValueError otherwise)."""
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 < shift < math.inf:
+        raise ValueError(f"shifted_sqrt: shift must be a finite number > 0, got {shift!r}")
+    shift = float(shift)
+
+    def dd(xp: Any, a: Any, b: Any) -> Any:
+        return _sqrt_dd(xp, a + shift, b + shift)
+
+    def dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
+        return _sqrt_dd2(xp, a + shift, b + shift, c + shift)
+
+    return SpectralFunction(f"shifted_sqrt({shift!r})", lambda xp, l: xp.sqrt(l + shift),
+                            lambda xp, l: 0.5 / xp.sqrt(l + shift), dd, False, dd2)
+
+
+@cache
+def ns_polynomial(iterations: int) -> SpectralFunction:
+    """The scalar map of ``iterations`` coupled Newton-Schulz steps (eigpool.newton_schulz), a polynomial of degree
+    2^(n+1) - 1 that approximates sqrt on [0, 1]: on commuting arguments Y_k = a Z_k, so
+
+        z_0 = 1,  z_k = z_{k-1} (3 - a z_{k-1}^2) / 2,  f(a) = a z_n(a),
+
+    and the Newton-Schulz square root of S is sqrt(t) U f(L / t) U^T, t = tr(S). f(0) = 0 with the finite slope
+    f'(0) = 1.5^n. Divided differences by the product rule (u v)[a, b] = u[a, b] v(b) + u(a) v[a, b] along the same
+    recursion: no cancellation, exact at ties; symmetrised, so the Loewner matrix is exactly symmetric.
+    iterations: an integer >= 1 (ValueError otherwise).
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"ns_polynomial: iterations must be an integer >= 1, got {iterations!r}")
+
+    def values(xp: Any, a: Any) -> Any:
+        z = xp.ones_like(a)
+        for _ in range(iterations):
+            z = z * (3 - a * z * z) / 2
+        return z
+
+    def one_sided(xp: Any, a: Any, b: Any) -> Any:
+        za, zb, dz = xp.ones_like(a + b), xp.ones_like(a + b), xp.zeros_like(a + b)
+        for _ in range(iterations):
+            # q = a z^2: q[a, b] = z(b)^2 + a z[a, b] (z(a) + z(b)); T = (3 - q) / 2; z' = z T.
+            dq = zb * zb + a * dz * (za + zb)
+            ta, tb = (3 - a * za * za) / 2, (3 - b * zb * zb) / 2
+            dz = dz * tb - za * dq / 2
+            za, zb = za * ta, zb * tb
+        return zb + a * dz
+
+    def dd(xp: Any, a: Any, b: Any) -> Any:
+        return (one_sided(xp, a, b) + one_sided(xp, b, a)) / 2
+
+    return SpectralFunction(f"ns_polynomial({iterations})", lambda xp, l: l * values(xp, l),
+                            lambda xp, l: one_sided(xp, l, l), dd, False)
 
 
 def power_of_array(xp: Any, p: Any, batch_ndim: int) -> SpectralFunction:

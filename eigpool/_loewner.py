@@ -57,8 +57,9 @@ __all__ = ["Spectrum", "loewner", "second_order_vjp"]
 class Spectrum(NamedTuple):
     """A reshaped spectrum, the residuals of a spectral forward pass: raw ascending eigenvalues ``l``, eigenvectors
     ``U``, floored ``m``, ``g`` = f(m) where kept (0 where truncated), the masks ``above`` (l >= tau; None without a
-    floor) and ``keep`` (None without truncation), the floor ``tau`` (..., 1) (None without a floor) and the SEB gain
-    ``rho`` (None without SEB)."""
+    floor) and ``keep`` (None without truncation), the floor ``tau`` (..., 1) (None without a floor), the SEB gain
+    ``rho`` (None without SEB) and ``trace`` t = tr(S) (..., 1) of a trace-scaled function, whose ``l`` are then the
+    normalised eigenvalues l / t (None otherwise)."""
 
     l: Any
     U: Any
@@ -68,6 +69,7 @@ class Spectrum(NamedTuple):
     keep: Any
     tau: Any
     rho: Any
+    trace: Any = None
 
 
 def _floored_dd(xp: Any, dd: Any, li: Any, lj: Any, mi: Any, mj: Any, ai: Any, aj: Any) -> Any:

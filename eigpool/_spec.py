@@ -102,7 +102,9 @@ class SpectralSpec:
     ``floor`` (None for functions defined on every real number); ``truncate`` (the number of smallest eigenvalues set
     to zero); ``seb`` (the scaling eigen branch gain); the ``compute_dtype``; ``triangle`` (None: F of the Hermitian
     part (S + S^H) / 2, S checked for symmetry to round-off; "lower" or "upper": F of that triangle of S mirrored, the
-    convention of LAPACK, torch.linalg.eigh and pyRiemann, with no symmetry check)."""
+    convention of LAPACK, torch.linalg.eigh and pyRiemann, with no symmetry check); ``trace_scale`` (F(S) =
+    sqrt(t) U g(l / t) U^T with t = tr(S), the Newton-Schulz normalisation; [Note: trace scaling] in
+    eigpool.spectral)."""
 
     fn: SpectralFunction
     kernel: Kernel | None = None
@@ -111,6 +113,7 @@ class SpectralSpec:
     seb: bool = False
     compute_dtype: str | None = "float64"
     triangle: str | None = None
+    trace_scale: bool = False
 
     @property
     def grad(self) -> str:
@@ -148,7 +151,8 @@ def resolve_exponent(op: str, p: Any) -> float:
 
 def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad: str = "exact", floor: Any = "auto",
                   truncate: int = 0, seb: bool = False, compute_dtype: Any = "float64",
-                  kernel_options: dict[str, Any] | None = None, triangle: Any = None) -> SpectralSpec:
+                  kernel_options: dict[str, Any] | None = None, triangle: Any = None,
+                  trace_scale: bool = False) -> SpectralSpec:
     """The ``SpectralSpec`` of ``op`` for these options, validated once; each error names ``op``, the option and
     the allowed values. ``floor`` applies to functions with ``positive=True`` only (it is dropped for the others)."""
     function = resolve_function(op, fn, p)
@@ -164,12 +168,16 @@ def resolve_spectral(op: str, fn: str | SpectralFunction, *, p: Any = None, grad
         raise _option_error(op, "seb", "True or False", seb)
     if seb and function.name != "sqrt":
         raise ValueError(f"{op}: seb=True scales the matrix square root; it needs fn='sqrt', got fn={function.name!r}")
+    if not isinstance(trace_scale, bool):
+        raise _option_error(op, "trace_scale", "True or False", trace_scale)
+    if trace_scale and seb:
+        raise ValueError(f"{op}: seb=True and trace_scale=True do not combine (SEB scales the unnormalised root)")
     # A positive function is always floored, at least at the smallest normal number (floor=None: relative 0).
     floored = (resolve_floor(op, floor) or Floor()) if function.positive else None
     if triangle is not None and not (isinstance(triangle, str) and triangle in TRIANGLES):
         raise _option_error(op, "triangle", f"None or one of {TRIANGLES}", triangle)
     return SpectralSpec(function, kernel, floored, _natural(op, "truncate", truncate, 0), seb,
-                        resolve_compute_dtype(op, compute_dtype), triangle)
+                        resolve_compute_dtype(op, compute_dtype), triangle, trace_scale)
 
 
 def user_spectral_function(f: Any, df: Any, positive: bool) -> SpectralFunction:

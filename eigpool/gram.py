@@ -119,7 +119,11 @@ def pooled_from_spec(X: Any, spec: SpectralSpec | NewtonSchulzSpec, *, path: str
     check_features(X, op)
     if isinstance(spec, SpectralSpec):
         check_truncate(op, spec.truncate, X.shape[-2])
-        if resolve_path(op, path, X.shape[-2], X.shape[-1], spec.grad) == "gram":
+        if path == "gram" and (spec.trace_scale or not spec.fn.positive):
+            raise ValueError(f"{op}: path='gram' takes a function with positive=True and no trace scaling, got "
+                             f"fn={spec.fn.name!r}, trace_scale={spec.trace_scale}: use path='dense' (or 'auto')")
+        dense_only = spec.trace_scale or not spec.fn.positive
+        if not dense_only and resolve_path(op, path, X.shape[-2], X.shape[-1], spec.grad) == "gram":
             gram = GramSpec(spec, bool(triu), X.dtype)
             return checked(op, "X", X, lambda: bind(gram_spectral_p, X, spec=gram), symmetric=False,
                            squares=True)[0]

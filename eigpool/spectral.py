@@ -17,6 +17,15 @@ SEB (the scaling eigen branch, METHODS.md section 5): F(S) = (1 + rho) U sqrt(m)
 rho = ||Q E^T||_F = sqrt(sum_i m_i exp(-2 m_i)), computed from the eigenvalues directly (finite for dead channels).
 Its backward adds <G, F0> drho/dl_i = <G, F0> (1 - 2 m_i) exp(-2 m_i) / (2 rho) to the diagonal of L o (U^T G U).
 
+[Note: trace scaling]
+``trace_scale=True``: F(S) = sqrt(t) U g(A) U^T with t = tr(S) and the normalised eigenvalues a = l / t, the
+pre-normalisation and post-compensation of Newton-Schulz (eigpool.newton_schulz). With g = sqrt it is sqrtm (sqrt is
+homogeneous); with g = ``ns_polynomial(n)`` it is the Newton-Schulz square root itself, as an exact spectral function;
+with g = ``shifted_sqrt(c)`` it is (S + c t I)^(1/2). Differentiating, with Gh = U^T sym(G) U and L the Loewner matrix
+of g at a (diagonal g'(a_i)):  dL/dS = U (L o Gh + c I) U^T / sqrt(t),  c = sum_i Gh_ii (g(a_i) / 2 - a_i g'(a_i)),
+the second term from dt = tr(dS) (<G, F> / (2 t) from the post-compensation, -<W, S> / t^2 from A = S / t). A matrix
+with t <= 0 gives F = 0 and gradient 0 (PSD input has t = 0 only at S = 0, where sqrt has no derivative).
+
 [Note: exponent derivative]
 For F(S, p) = U diag(g_i) U^H with g_i = m_i^p (m the floored eigenvalues, tau fixed; g = 0 where truncated),
 dF/dp = U diag(g_i log m_i) U^H, so <G, dF/dp> = sum_i Re(U^H sym(G) U)_ii g_i log m_i; an exponent broadcast over
@@ -172,20 +181,25 @@ def spectral(S: Any, f: Callable[[Any], Any], df: Callable[[Any], Any], *, posit
 
 def spectral_spec(fn: str | SpectralFunction = "sqrt", *, p: float | None = None, grad: str = "exact",
                   floor: float | str | None = "auto", truncate: int = 0, seb: bool = False,
-                  compute_dtype: str | None = "float64", triangle: str | None = None,
+                  compute_dtype: str | None = "float64", triangle: str | None = None, trace_scale: bool = False,
                   **kernel_options: Any) -> SpectralSpec:
     """The frozen, hashable specification of a spectral function, validated once: what ``sqrtm(S, **options)`` and
     the others resolve their options into, for ``matrix_function(S, spec)`` and the layers.
 
-    fn: "sqrt", "invsqrt", "log", "power" (exponent ``p``, a real number) or a ``SpectralFunction``; the other
-    options as in ``sqrtm`` (``seb=True``: the scaling eigen branch of ``seb``, fn "sqrt" only). A bad option raises
-    ValueError or TypeError naming the option and the allowed values. Example::
+    fn: "sqrt", "invsqrt", "log", "power" (exponent ``p``, a real number) or a ``SpectralFunction``
+    (``ns_polynomial(n)``, ``shifted_sqrt(c)``, ...); the other options as in ``sqrtm`` (``seb=True``: the scaling
+    eigen branch of ``seb``, fn "sqrt" only). ``trace_scale=True``: F(S) = sqrt(tr S) U fn(L / tr S) U^T, S PSD
+    ([Note: trace scaling]): with ``ns_polynomial(5)`` the Newton-Schulz square root of 5 steps as an exact spectral
+    function, with ``shifted_sqrt(c)`` the root of S + c tr(S) I. A bad option raises ValueError or TypeError naming
+    the option and the allowed values. Example::
 
         spec = eigpool.spectral_spec("power", p=0.5, grad="taylor", degree=50)
         Q = eigpool.matrix_function(S, spec)
+        ns5 = eigpool.matrix_function(S, eigpool.spectral_spec(eigpool.ns_polynomial(5), trace_scale=True))
     """
     return resolve_spectral("spectral_spec", fn, p=p, grad=grad, floor=floor, truncate=truncate, seb=seb,
-                            compute_dtype=compute_dtype, kernel_options=kernel_options, triangle=triangle)
+                            compute_dtype=compute_dtype, kernel_options=kernel_options, triangle=triangle,
+                            trace_scale=trace_scale)
 
 
 def matrix_function(S: Any, spec: SpectralSpec, *, op: str = "matrix_function") -> Any:
@@ -198,7 +212,8 @@ def matrix_function(S: Any, spec: SpectralSpec, *, op: str = "matrix_function") 
     """
     xp = check_matrix(S, op, "S", complex_ok=True)
     check_truncate(op, spec.truncate, S.shape[-1])
-    out, _ = checked(op, "S", S, lambda: bind(spectral_p, S, spec=spec), eigenvalues=1 if spec.fn.positive else None,
+    psd = spec.fn.positive or spec.trace_scale
+    out, _ = checked(op, "S", S, lambda: bind(spectral_p, S, spec=spec), eigenvalues=1 if psd else None,
                      singular=_singular_floor(xp, S, spec), one_triangle=spec.triangle is not None)
     return out
 
@@ -318,10 +333,21 @@ def triangle_adjoint(xp: Any, spec: SpectralSpec, C: Any) -> Any:
     return 2 * T + diag_embed(xp, real_part(xp, diagonal(xp, C)))
 
 
+def _scaled_spectrum(xp: Any, spec: SpectralSpec, l: Any, U: Any) -> Spectrum:
+    """``reshape_spectrum`` of the eigenvalues ``l``, or for ``spec.trace_scale`` of l / t with the trace t kept
+    (t <= 0, where F is 0: l unscaled and t = 0)."""
+    if not spec.trace_scale:
+        return reshape_spectrum(xp, spec, l, U)
+    t = xp.sum(l, axis=-1, keepdims=True)
+    positive = t > 0
+    s = reshape_spectrum(xp, spec, l / xp.where(positive, t, xp.ones_like(t)), U)
+    return s._replace(trace=xp.where(positive, t, xp.zeros_like(t)))
+
+
 def _decompose(xp: Any, S: Any, spec: SpectralSpec) -> Spectrum:
     """The reshaped spectrum of the Hermitian matrix of S (``hermitian_input``)."""
     l, U = xp.linalg.eigh(hermitian_input(xp, S, spec))
-    return reshape_spectrum(xp, spec, l, U)
+    return _scaled_spectrum(xp, spec, l, U)
 
 
 def _compose(xp: Any, U: Any, inner: Any) -> Any:
@@ -331,11 +357,14 @@ def _compose(xp: Any, U: Any, inner: Any) -> Any:
 
 
 def _spectral_forward(xp: Any, S: Any, *, spec: SpectralSpec) -> tuple[tuple, Spectrum]:
-    s = _decompose(xp, S, spec)
+    l, U = xp.linalg.eigh(hermitian_input(xp, S, spec))
+    s = _scaled_spectrum(xp, spec, l, U)
     out = sym(xp, (s.U * s.g[..., None, :]) @ ct(xp, s.U))
     if spec.seb:
         out = (1 + s.rho)[..., None, None] * out
-    return (out, s.l), s
+    if s.trace is not None:
+        out = xp.sqrt(s.trace)[..., None] * out
+    return (out, l), s
 
 
 def seb_gain_slope(xp: Any, s: Spectrum) -> Any:
@@ -353,7 +382,14 @@ def _rotated(xp: Any, s: Spectrum, G: Any) -> Any:
 
 def _loewner_vjp(xp: Any, s: Spectrum, Gh: Any, spec: SpectralSpec) -> Any:
     # [Note: Loewner backward]: dS = U (L o (U^H sym(G) U)) U^H.
-    inner = loewner(xp, spec, s) * Gh
+    L = loewner(xp, spec, s)
+    inner = L * Gh
+    if s.trace is not None:
+        # [Note: trace scaling]: (L o Gh + c I) / sqrt(t), c = sum_i Re(Gh_ii) (g_i / 2 - a_i L_ii); 0 where t = 0.
+        c = xp.sum(real_part(xp, diagonal(xp, Gh)) * (s.g / 2 - s.l * diagonal(xp, L)), axis=-1)
+        positive = s.trace > 0
+        scale = xp.where(positive, 1 / xp.sqrt(xp.where(positive, s.trace, xp.ones_like(s.trace))), 0.0)
+        inner = scale[..., None] * (inner + diag_embed(xp, c[..., None] * xp.ones_like(s.g)))
     if spec.seb:
         # out = (1 + rho) F0: the F0 term scales by (1 + rho); the rho term adds <G, F0> drho/dl on the diagonal,
         # with <G, F0> = sum_i Re(Gh_ii) g_i.
@@ -428,7 +464,7 @@ def _seb_vjp_vjp(xp: Any, s: Spectrum, G: Any, W: Any, spec: SpectralSpec) -> tu
 def _spectral_second_order(spec: SpectralSpec) -> Callable[..., tuple] | None:
     """The rule of [Note: spectral second order] (and [Note: SEB second order]) where it covers ``spec``: the exact
     backward of a function with second divided differences; else None."""
-    return _spectral_vjp_vjp if spec.kernel is None and spec.fn.dd2 is not None else None
+    return _spectral_vjp_vjp if spec.kernel is None and spec.fn.dd2 is not None and not spec.trace_scale else None
 
 
 spectral_p = Primitive("spectral", _spectral_forward, _spectral_vjp, aux_outputs=1,

@@ -1,64 +1,241 @@
-"""``python -m eigpool.models.compare``: the embedded-data comparison of pooling heads, as a Markdown table.
+"""``python -m eigpool.models.compare``: pooling heads trained with equal budgets over seeds, mean and spread.
 
-Trains every (variant, head) pair with the same budget (the synthetic preset: same backbone, data, epochs, learning
-rate schedule, seed) and reports the final test accuracy, the test accuracy at the best validation epoch, and the
-training throughput. The heads:
+Every (setting, head, seed) run is the synthetic preset (tiny ResNet, data, epochs, learning-rate schedule, clipping,
+one CPU thread) with the setting's data and the head's options; only the head and the seed vary. The table gives,
+per setting and head, the final test accuracy over the seeds as mean, sample standard deviation and range, and the
+gradient and spectrum statistics the training loop records (engine.py): the mean over epochs and seeds of the
+gradient norms of backbone and head, the fraction of steps that clipping scaled, and the effective rank and the
+number of near-zero eigenvalues of the covariance at the last epoch. ``runs.csv`` in the output folder holds every
+run; a finished run is reused and an unfinished one resumed, so an interrupted comparison continues where it
+stopped. ``--jobs N`` trains N runs at once (one process and one thread each). ``--figures DIR`` writes the curves of
+the spectrum and of the gradient norms over training (mean over seeds) for each setting.
 
-    avg          global average pooling (first order)
-    gcp-exact    GCP, eigendecomposition square root with the exact (Loewner) gradient
-    gcp-ns       GCP, Newton-Schulz square root (5 iterations), its own backward
-    gcp-trunc    GCP, exact, with the ``truncate`` smallest eigenvalues set to zero (TopN)
-    gcp-seb      GCP, exact, with the scaling eigen branch
-    gcp-hybrid   GCP, Newton-Schulz, then the exact eigen method for the last learning-rate stage
+Settings (data): standard-200 / small-200 (the two embedded variants, 200 training images per class) and
+standard-50 / small-50 (50 per class). Heads:
+
+    avg                  global average pooling (first order)
+    gcp-exact            eigendecomposition square root, exact (Loewner) gradient
+    gcp-ns               Newton-Schulz square root (5 iterations), its own backward
+    gcp-ns-spectral      the Newton-Schulz scalar map of 5 iterations as an exact spectral function,
+                         sqrt(tr S) p5(S / tr S) by eigendecomposition (function ns_polynomial)
+    gcp-shifted          the exact square root of S + 0.1 tr(S)/d I (function shifted_sqrt), bounded slope at 0
+    gcp-shifted-0.01     the same with shift 0.01
+    gcp-pade             exact square root, SVD-Pade eigenvector kernel (grad pade)
+    gcp-taylor           exact square root, SVD-Taylor eigenvector kernel (grad taylor)
+    gcp-trunc            exact square root with the 8 smallest of 32 eigenvalues set to zero
+    gcp-seb              exact square root with the scaling eigen branch
+    gcp-seb-lr           the same at learning rate 0.01
+    gcp-hybrid           Newton-Schulz, then the exact eigen method for the last learning-rate stage
+    gcp-exact-noclip     gcp-exact without gradient clipping
+    gcp-exact-clip-groups  gcp-exact, clipping backbone, head and classifier each to its own norm
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import os
 import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import Any
 
 from .config import Config, load_preset, parse_yaml
-from .train import train
+from .errors import SettingsError
 
-__all__ = ["HEAD_SETTINGS", "main"]
+__all__ = ["DEFAULT_HEADS", "HEAD_SETTINGS", "SETTINGS", "aggregate", "main", "markdown_table", "run_config"]
 
-HEAD_SETTINGS: dict[str, dict] = {
+#: The data of each setting, on top of the synthetic preset.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "standard-200": {"variant": "standard"},
+    "small-200": {"variant": "small"},
+    "standard-50": {"variant": "standard", "synthetic_train": 50},
+    "small-50": {"variant": "small", "synthetic_train": 50},
+}
+
+HEAD_SETTINGS: dict[str, dict[str, Any]] = {
     "avg": {"head": "avg"},
     "gcp-exact": {"head": "gcp", "method": "eigen"},
     "gcp-ns": {"head": "gcp", "method": "newton_schulz"},
+    "gcp-ns-spectral": {"head": "gcp", "method": "eigen", "function": "ns_polynomial"},
+    "gcp-shifted": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.1},
+    "gcp-shifted-0.01": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.01},
+    "gcp-pade": {"head": "gcp", "method": "eigen", "grad": "pade"},
+    "gcp-taylor": {"head": "gcp", "method": "eigen", "grad": "taylor"},
     "gcp-trunc": {"head": "gcp", "method": "eigen", "truncate": 8},
     "gcp-seb": {"head": "gcp", "method": "eigen", "seb": True},
+    "gcp-seb-lr": {"head": "gcp", "method": "eigen", "seb": True, "lr": 0.01},
     "gcp-hybrid": {"head": "gcp", "method": "eigen", "hybrid": True},
+    "gcp-exact-noclip": {"head": "gcp", "method": "eigen", "clip_grad_norm": None},
+    "gcp-exact-clip-groups": {"head": "gcp", "method": "eigen", "clip_scope": "groups"},
 }
+
+#: The heads of the study in docs/models.md (the default of ``--heads``).
+DEFAULT_HEADS = ("avg", "gcp-exact", "gcp-ns", "gcp-ns-spectral", "gcp-shifted", "gcp-pade", "gcp-trunc",
+                 "gcp-hybrid")
+
+#: Per-run summary columns of runs.csv.
+RUN_COLUMNS = ("setting", "head", "seed", "final_test_acc", "best_val_test_acc", "grad_norm_backbone",
+               "grad_norm_head", "clip_fraction", "spectrum_eff_rank", "spectrum_small", "images_per_s", "run_dir")
+
+
+def run_config(setting: str, head: str, seed: int, common: dict[str, Any]) -> Config:
+    """The validated Config of one run: the synthetic preset, ``common``, the setting's data, the head, the seed."""
+    settings = load_preset("synthetic") | {"progress": False} | common | SETTINGS[setting] | HEAD_SETTINGS[head]
+    return Config(**settings, seed=seed, name=f"{setting}-{head}-s{seed}").validate()
+
+
+def _mean(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _run(config: Config) -> dict[str, Any]:
+    """Train (or reuse, or resume) one run in this process; its summary row."""
+    from .checkpoint import load_checkpoint  # noqa: PLC0415
+    from .engine import TrainingDiverged  # noqa: PLC0415
+    from .study import train_model  # noqa: PLC0415 (torch is imported in the worker, not by the parent's parser)
+
+    if config.threads:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(config.threads)
+    try:
+        run_dir = train_model(config)
+    except TrainingDiverged as err:
+        print(f"compare: {config.name} diverged: {err}", file=sys.stderr, flush=True)
+        return {"final_test_acc": None, "run_dir": os.path.join(config.out_dir, config.name), "history": []}
+    history = load_checkpoint(os.path.join(run_dir, "last.pt"))["history"]
+    best = max(history, key=lambda r: r["val_acc"] if r["val_acc"] is not None else -1.0)
+    last = history[-1]
+    return {"final_test_acc": last["test_acc"], "best_val_test_acc": best["test_acc"],
+            "grad_norm_backbone": _mean(history, "grad_norm_backbone"),
+            "grad_norm_head": _mean(history, "grad_norm_head"),
+            "clip_fraction": _mean(history, "clip_fraction"), "spectrum_eff_rank": last.get("spectrum_eff_rank"),
+            "spectrum_small": last.get("spectrum_small"), "images_per_s": _mean(history, "images_per_s"),
+            "run_dir": run_dir, "history": history}
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (setting, head), in order of appearance: n, the final test accuracy's mean, sample standard
+    deviation (0 for one seed), min and max, and the means of the diagnostics."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["setting"], row["head"]), []).append(row)
+    out = []
+    for (setting, head), runs in cells.items():
+        acc = [r["final_test_acc"] for r in runs if r["final_test_acc"] is not None]
+        if not acc:
+            out.append({"setting": setting, "head": head, "n": 0, "diverged": len(runs)})
+            continue
+        mean = sum(acc) / len(acc)
+        std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+        out.append({"setting": setting, "head": head, "n": len(acc), "diverged": len(runs) - len(acc),
+                    "mean": mean, "std": std, "min": min(acc),
+                    "max": max(acc), **{k: _mean(runs, k) for k in ("grad_norm_backbone", "grad_norm_head",
+                                                                     "clip_fraction", "spectrum_eff_rank",
+                                                                     "spectrum_small")}})
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def markdown_table(cells: Sequence[dict[str, Any]]) -> str:
+    """The aggregated cells as a Markdown table."""
+    lines = ["| setting | head | seeds | test acc mean | std | min - max | grad norm backbone | grad norm head | "
+             "clipped steps | eff. rank of S | eigenvalues < 1e-2 mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        seeds = f"{c['n']}" + (f" (+{c['diverged']} diverged)" if c["diverged"] else "")
+        if not c["n"]:
+            lines.append(f"| {c['setting']} | {c['head']} | {seeds} |" + " |" * 8)
+            continue
+        lines.append(f"| {c['setting']} | {c['head']} | {seeds} | {c['mean']:.3f} | {c['std']:.3f} | "
+                     f"{c['min']:.3f} - {c['max']:.3f} | {_fmt(c['grad_norm_backbone'], '.3f')} | "
+                     f"{_fmt(c['grad_norm_head'], '.3f')} | {_fmt(c['clip_fraction'], '.2f')} | "
+                     f"{_fmt(c['spectrum_eff_rank'], '.1f')} | {_fmt(c['spectrum_small'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def _plot(rows: Sequence[dict[str, Any]], setting: str, path: str) -> None:
+    """Effective rank of S, backbone gradient norm and test accuracy over the epochs, mean over seeds, per head."""
+    from .plots import pyplot, save_figure  # noqa: PLC0415
+
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.6))
+    heads = list(dict.fromkeys(r["head"] for r in rows if r["setting"] == setting))
+    for head in heads:
+        runs = [r["history"] for r in rows if r["setting"] == setting and r["head"] == head and r["history"]]
+        if not runs:
+            continue
+        epochs = range(1, min(len(h) for h in runs) + 1)
+        for ax, key in zip(axes, ("spectrum_eff_rank", "grad_norm_backbone", "test_acc"), strict=True):
+            values = [[h[e - 1].get(key) for h in runs] for e in epochs]
+            if all(v is not None for vs in values for v in vs):
+                ax.plot(list(epochs), [sum(vs) / len(vs) for vs in values], marker=".", label=head)
+    for ax, label in zip(axes, ("effective rank of S (probe batch)", "backbone gradient norm", "test accuracy"),
+                         strict=True):
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"{setting}: mean over seeds", fontsize=10)
+    save_figure(fig, path)
+
+
+def _write_runs(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RUN_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print the table; returns the exit status."""
+    """Run the comparison and print the table; returns the exit status (2 for a bad setting)."""
     parser = argparse.ArgumentParser(prog="python -m eigpool.models.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["standard", "small"])
-    parser.add_argument("--heads", nargs="+", default=list(HEAD_SETTINGS), choices=list(HEAD_SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--heads", nargs="+", default=list(DEFAULT_HEADS), choices=list(HEAD_SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="training seeds (default 0 1 2 3 4)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (default 1)")
     parser.add_argument("--out-dir", default="runs/compare")
+    parser.add_argument("--figures", help="write <setting>_training.png curves to this folder")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings for every run on top of the synthetic preset (YAML values)")
     args = parser.parse_args(argv)
-    common = load_preset("synthetic") | {"out_dir": args.out_dir, "progress": False}
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    common: dict[str, Any] = {"out_dir": args.out_dir}
     for item in args.set:
-        key, _, value = item.partition("=")
-        common[key] = parse_yaml(value, f"--set {key}")
-    rows = []
-    for variant in args.variants:
-        for head in args.heads:
-            config = Config(**(common | HEAD_SETTINGS[head] | {"variant": variant, "name": f"{variant}-{head}"}))
-            result = train(config.validate())
-            last = result.history[-1]
-            at_best = result.history[result.best_epoch - 1] if result.best_epoch else last
-            speed = sum(r["images_per_s"] for r in result.history) / len(result.history)
-            rows.append((variant, head, last["test_acc"], at_best["test_acc"], at_best["epoch"], speed))
-            print(f"{variant} {head}: final test accuracy {last['test_acc']:.4f}", file=sys.stderr, flush=True)
-    print("| variant | head | test acc (final) | test acc (best val epoch) | best val epoch | train images/s |")
-    print("|---|---|---|---|---|---|")
-    for variant, head, final, best, epoch, speed in rows:
-        print(f"| {variant} | {head} | {final:.3f} | {best:.3f} | {epoch} | {speed:.0f} |")
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE items, got {item!r}")
+        common[key.replace("-", "_")] = parse_yaml(value, f"--set {key}")
+    jobs = [(s, h, seed) for s in args.settings for h in args.heads for seed in args.seeds]
+    try:
+        configs = {job: run_config(*job, common) for job in jobs}
+    except (SettingsError, TypeError) as err:
+        print(f"compare: error: {err}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out_dir, exist_ok=True)
+    results: dict[tuple, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run, configs[job]): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            job = futures[future]
+            results[job] = {"setting": job[0], "head": job[1], "seed": job[2], **future.result()}
+            print(f"[{done}/{len(jobs)}] {job[0]} {job[1]} seed {job[2]}: final test accuracy "
+                  f"{results[job]['final_test_acc']:.4f}", file=sys.stderr, flush=True)
+    rows = [results[job] for job in jobs]
+    _write_runs(os.path.join(args.out_dir, "runs.csv"), rows)
+    if args.figures:
+        os.makedirs(args.figures, exist_ok=True)
+        for setting in args.settings:
+            _plot(rows, setting, os.path.join(args.figures, f"compare_{setting}_training.png"))
+    print(markdown_table(aggregate(rows)))
     return 0
 
 

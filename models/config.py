@@ -36,10 +36,12 @@ from .errors import SettingsError
 from .synthetic import SYNTHETIC_VARIANTS
 from .timm_backbones import PREFIX, RESERVED_OPTIONS, check_timm_name, is_timm
 
-__all__ = ["HELP", "LIMITS", "PRESETS", "RESUMABLE", "Config", "SettingsError", "add_config_arguments",
+__all__ = ["FUNCTIONS", "HELP", "LIMITS", "PRESETS", "RESUMABLE", "Config", "SettingsError", "add_config_arguments",
            "check_environment", "config_from_args", "flag_settings", "load_preset", "load_yaml", "parse_yaml"]
 
 PRESETS = ("synthetic", "cub", "cars", "aircraft")
+#: Values of ``function``: the GCP eigen method's scalar function (factory.head_options).
+FUNCTIONS = ("sqrt", "shifted_sqrt", "ns_polynomial")
 DATASETS = ("synthetic", "cub", "cars", "aircraft", "folder")
 #: Settings a resumed run may change (``--resume RUN --epochs 30``); every other one is the run's own.
 RESUMABLE = ("channels_last", "compile", "epochs", "lr_steps", "progress", "threads", "workers")
@@ -74,6 +76,8 @@ class Config:
     class_token: str = "drop"
     method: str = "eigen"
     grad: str = "exact"
+    function: str = "sqrt"
+    shift: float = 0.1
     seb: bool = False
     truncate: int = 0
     iterations: int = 5
@@ -90,6 +94,7 @@ class Config:
     weight_decay: float = 1e-4
     classifier_lr_factor: float = 10.0
     clip_grad_norm: float | None = 5.0
+    clip_scope: str = "all"
     # Run. threads: torch CPU threads. 1 for the tiny synthetic network, which gains little from a second thread and
     # slows down about tenfold when the cores are shared with other processes (oversubscribed OpenMP threads);
     # the real-data presets set none (all cores).
@@ -153,6 +158,10 @@ HELP = {
     "class_token": "token backbones (ViT, ...): drop or keep the class token (and other prefix tokens) in the pooling",
     "method": "GCP matrix square root: eigen (eigendecomposition) or newton_schulz (iterative)",
     "grad": f"GCP eigen method: backward rule, one of {', '.join(GRADS)} (exact: Loewner formula)",
+    "function": "GCP eigen method: the scalar function of the eigenvalues: sqrt (the matrix square root), "
+                "shifted_sqrt ((S + shift tr(S)/d I)^(1/2)) or ns_polynomial (the Newton-Schulz map of `iterations` "
+                "steps as an exact spectral function: sqrt(tr S) p(S / tr S))",
+    "shift": "GCP eigen method, function shifted_sqrt: the shift in units of the mean eigenvalue tr(S)/d (> 0)",
     "seb": "GCP eigen method: scaling eigen branch, output times 1 + ||R||_F (true or false)",
     "truncate": "GCP eigen method: number of smallest eigenvalues set to zero, 0 <= truncate < d",
     "iterations": "GCP newton_schulz method (and the hybrid's first stage): iterations (>= 1)",
@@ -167,7 +176,9 @@ HELP = {
     "momentum": "SGD momentum, in [0, 1)",
     "weight_decay": "SGD weight decay (L2 penalty), >= 0",
     "classifier_lr_factor": "the classifier's learning rate is lr times this factor (> 0)",
-    "clip_grad_norm": "clip the global L2 norm of the gradient to this value every step (> 0; none: no clipping)",
+    "clip_grad_norm": "clip the L2 norm of the gradient to this value every step (> 0; none: no clipping)",
+    "clip_scope": "what clip_grad_norm clips: all (the global norm of every parameter), groups (backbone, GCP head "
+                  "and classifier each to its own norm) or features (backbone and head together, classifier not)",
     "seed": "seed of initialisation, shuffling and augmentation (>= 0)",
     "out_dir": "folder that holds the run folders",
     "name": "run folder name under out_dir, which must not exist yet (default: <data>-<backbone>-<method>-<time>)",
@@ -203,6 +214,7 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "classifier_lr_factor": (lambda v: v > 0, "> 0"),
     "clip_grad_norm": (lambda v: v > 0, "> 0 (none: no clipping)"),
+    "shift": (lambda v: 0 < v < math.inf, "a finite number > 0"),
     "seed": (lambda v: v >= 0, ">= 0"),
     "threads": (lambda v: v >= 1, ">= 1 (none: all cores)"),
 }
@@ -211,7 +223,8 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def _choices() -> dict[str, tuple]:
     return {"dataset": DATASETS, "variant": tuple(SYNTHETIC_VARIANTS), "bad_images": ("stop", "skip"),
             "head": ("gcp", "avg"), "class_token": ("drop", "keep"), "method": ("eigen", "newton_schulz"),
-            "grad": GRADS, "compute_dtype": ("float64", "float32"), "device": ("cpu", "cuda"),
+            "grad": GRADS, "function": FUNCTIONS, "clip_scope": ("all", "groups", "features"),
+            "compute_dtype": ("float64", "float32"), "device": ("cpu", "cuda"),
             "amp": (None, "bf16", "fp16")}
 
 
@@ -241,8 +254,13 @@ def _check_backbone(config: Config) -> None:
 
 def _check_head(config: Config) -> None:
     """The GCP options apply to the head and method they belong to; none is silently ignored."""
-    eigen_only = {k: getattr(config, k) for k, default in (("grad", "exact"), ("truncate", 0), ("seb", False))
-                  if getattr(config, k) != default}
+    eigen_only = {k: getattr(config, k) for k, default in (("grad", "exact"), ("truncate", 0), ("seb", False),
+                                                           ("function", "sqrt")) if getattr(config, k) != default}
+    if config.shift != Config.shift and config.function != "shifted_sqrt":
+        raise SettingsError(f"config: shift applies to function 'shifted_sqrt', got function {config.function!r}")
+    if config.function != "sqrt" and config.seb:
+        raise SettingsError(f"config: seb scales the matrix square root; it needs function 'sqrt', got "
+                            f"{config.function!r}")
     gcp_only = eigen_only | ({"method": config.method} if config.method != "eigen" else {}) | (
         {"hybrid": True} if config.hybrid else {})
     if config.head == "avg" and gcp_only:

@@ -28,13 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from eigpool import covariance
+from eigpool.backends.torch import GCPHead, TokenGCPHead
+
 from .config import Config
 from .data import Skipped, collate_skipping, handle_skipped
-from .heads import FGVCNet
+from .heads import AMP_DTYPES, FGVCNet
 
-__all__ = ["Distributed", "Evaluation", "NonFiniteOutputs", "SkipLog", "TrainingDiverged", "build_optimizer",
-           "build_scaler", "build_scheduler", "epoch_seed", "evaluate", "make_loader", "setup_distributed",
-           "sum_across", "train_epoch"]
+__all__ = ["GRAD_GROUPS", "SPECTRUM_COLUMNS", "Distributed", "Evaluation", "NonFiniteOutputs", "SkipLog",
+           "TrainingDiverged", "build_optimizer", "build_scaler", "build_scheduler", "epoch_seed", "evaluate",
+           "make_loader", "parameter_groups", "setup_distributed", "spectrum_statistics", "sum_across", "train_epoch"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,11 +190,52 @@ def _agree(ctx: Distributed, failed: bool) -> bool:
     return sum_across(ctx, [float(failed)])[0] > 0
 
 
+#: The parameter groups whose gradient norms a training epoch reports (``grad_norm_<group>``).
+GRAD_GROUPS = ("backbone", "head", "classifier")
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """The trainable parameters of an ``FGVCNet`` by part: backbone, head (the GCP head's reduction block; none for
+    average pooling) and classifier."""
+    return {name: [p for p in getattr(model, name).parameters() if p.requires_grad] for name in GRAD_GROUPS}
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The L2 norm of the tensors together (None for none)."""
+    if not tensors:
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
+def _clip(groups: dict[str, list[torch.Tensor]], config: Config) -> tuple[torch.Tensor, dict[str, float], float]:
+    """Measure the gradient norms and clip them as ``clip_scope`` says; returns (global norm before clipping, the
+    groups' norms before clipping, the smallest scale applied, 1 when nothing was clipped).
+
+    clip_scope "all": the global norm of every parameter to ``clip_grad_norm`` (torch.nn.utils.clip_grad_norm_);
+    "groups": each group's own norm to it; "features": backbone and head together, the classifier unclipped."""
+    grads = {name: [p.grad for p in params if p.grad is not None] for name, params in groups.items()}
+    norms = {name: _norm(g) for name, g in grads.items()}
+    total = _norm([n for n in norms.values() if n is not None])
+    limit = config.clip_grad_norm
+    units = {"all": [list(groups)], "groups": [[name] for name in groups],
+             "features": [["backbone", "head"]]}[config.clip_scope]
+    smallest = 1.0
+    for unit in units:
+        norm = _norm([norms[name] for name in unit if norms[name] is not None])
+        if limit is not None and norm is not None and bool(torch.isfinite(norm) & (norm > limit)):
+            scale = limit / (float(norm) + 1e-6)  # as torch.nn.utils.clip_grad_norm_
+            smallest = min(smallest, scale)
+            for name in unit:
+                for g in grads[name]:
+                    g.mul_(scale)
+    return total, {name: 0.0 if n is None else float(n) for name, n in norms.items()}, smallest
+
+
 def _step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-          params: list[torch.Tensor], config: Config, ctx: Distributed,
-          scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step; returns (logits, loss). Raises NonFiniteOutputs, before the update, on a non-finite value (an
-    enabled ``scaler`` skips the steps whose gradients overflow instead)."""
+          groups: dict[str, list[torch.Tensor]], config: Config, ctx: Distributed,
+          scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, dict[str, float], float]:
+    """One SGD step; returns (logits, loss, gradient norms by group, clipping scale). Raises NonFiniteOutputs, before
+    the update, on a non-finite value (an enabled ``scaler`` skips the steps whose gradients overflow instead)."""
     failure = None
     try:
         logits = _forward(net, images)
@@ -203,36 +247,46 @@ def _step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer:
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    # clip_grad_norm_ with max_norm=inf only measures the norm: the finiteness check needs it either way.
-    grad_norm = nn.utils.clip_grad_norm_(params, config.clip_grad_norm or math.inf)
+    grad_norm, norms, scale = _clip(groups, config)
     bad = not (torch.isfinite(loss.detach()) and (scaler.is_enabled() or torch.isfinite(grad_norm)))
     if _agree(ctx, bad):
         data = "the input batch contains NaN or inf: " if not _finite(images) else ""
         raise NonFiniteOutputs(f"{data}loss {loss.item():.6g}, gradient norm {grad_norm.item():.6g} (non-finite)")
     scaler.step(optimizer)  # with the scaler enabled: skipped when the gradients overflowed
     scaler.update()
-    return logits, loss
+    return logits, loss, norms, scale
 
 
 def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, config: Config,
                 ctx: Distributed, device: torch.device, epoch: int, skips: SkipLog,
-                scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                scaler: torch.amp.GradScaler | None = None,
+                groups: dict[str, list[torch.Tensor]] | None = None) -> dict[str, float]:
     """Train ``net`` for one epoch (0-based ``epoch``); returns the metric row's training columns, summed over
-    processes. Raises TrainingDiverged (epoch and step named) before a step with a non-finite value is applied.
-    ``scaler``: the run's gradient scaler (``build_scaler``; default: a disabled one)."""
+    processes (the gradient statistics are this process's). Raises TrainingDiverged (epoch and step named) before a
+    step with a non-finite value is applied. ``scaler``: the run's gradient scaler (``build_scaler``; default: a
+    disabled one). ``groups``: ``parameter_groups`` of the model (default: all parameters as one "backbone" group).
+
+    Gradient statistics (before clipping, after the fp16 unscale): ``grad_norm_<group>`` the mean over the steps of
+    each group's L2 norm, ``clip_fraction`` the fraction of steps that clipping scaled, ``clip_scale`` the mean
+    over the steps of the smallest factor it applied (1 for a step it left alone)."""
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     net.train()
     loss_sum, correct, count, skipped = 0.0, 0.0, 0, [0]
     bar = _progress(len(loader), f"epoch {epoch + 1}/{config.epochs} train", config, ctx)
-    params = [p for p in net.parameters() if p.requires_grad]
+    if groups is None:
+        groups = {"backbone": [p for p in net.parameters() if p.requires_grad], "head": [], "classifier": []}
+    norm_sums, scales = dict.fromkeys(groups, 0.0), []
     start = time.perf_counter()
     try:
         for step, (images, labels) in enumerate(_batches(loader, device, "train", skips, skipped, bar)):
             try:
-                logits, loss = _step(net, images, labels, optimizer, params, config, ctx, scaler)
+                logits, loss, norms, scale = _step(net, images, labels, optimizer, groups, config, ctx, scaler)
             except NonFiniteOutputs as err:
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1}, step {step + 1}: {err}; the step "
                                        "was not applied") from None
+            for name, value in norms.items():
+                norm_sums[name] += value
+            scales.append(scale)
             loss_sum += loss.item() * labels.numel()
             correct += (logits.argmax(1) == labels).sum().item()
             count += labels.numel()
@@ -243,8 +297,43 @@ def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
             bar.close()
     seconds = time.perf_counter() - start
     loss_sum, correct, count, n_skipped = sum_across(ctx, [loss_sum, correct, count, skipped[0]])
+    steps = max(len(scales), 1)
     return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
-            "images_per_s": count / seconds, "epoch_seconds": seconds, "skipped_images": int(n_skipped)}
+            "images_per_s": count / seconds, "epoch_seconds": seconds, "skipped_images": int(n_skipped),
+            **{f"grad_norm_{name}": total / steps for name, total in norm_sums.items()},
+            "clip_fraction": sum(s < 1 for s in scales) / steps, "clip_scale": sum(scales) / steps}
+
+
+#: The spectrum columns of a metric row (``spectrum_statistics``).
+SPECTRUM_COLUMNS = ("spectrum_min", "spectrum_small", "spectrum_max", "spectrum_eff_rank")
+
+
+@torch.no_grad()
+def spectrum_statistics(model: FGVCNet, images: torch.Tensor) -> dict[str, float | None]:
+    """The spectrum of the covariances S that the GCP head of ``model`` (in eval mode) computes for ``images``, in
+    units of each matrix's mean eigenvalue tr(S) / d: the median over the images of the smallest (``spectrum_min``)
+    and of the largest eigenvalue (``spectrum_max``), the mean number of eigenvalues below 1e-2
+    (``spectrum_small``: where the square root's slope 1 / (2 sqrt(l)) exceeds 5 / sqrt(tr(S) / d), ten times its
+    value at the mean), and the mean effective rank exp(-sum_i p_i log p_i), p = l / tr(S). None for heads without
+    a covariance of a feature map (average pooling, token heads)."""
+    head = model.head
+    if not isinstance(head, GCPHead) or isinstance(head, TokenGCPHead):
+        return dict.fromkeys(SPECTRUM_COLUMNS)
+    training = model.training
+    model.eval()
+    try:
+        with torch.autocast(images.device.type, dtype=AMP_DTYPES.get(model.amp), enabled=model.amp is not None):
+            features = model.forward_features(images)
+        x = features.float() if head.reduce is None else head.reduce(features.float())
+        l = torch.linalg.eigvalsh(covariance(x.flatten(2).double())).clamp_min(0)
+    finally:
+        model.train(training)
+    t = l.sum(-1, keepdim=True)
+    a = l / t.clamp_min(torch.finfo(l.dtype).tiny) * l.shape[-1]
+    p = l / t.clamp_min(torch.finfo(l.dtype).tiny)
+    entropy = -(p * torch.log(p.clamp_min(torch.finfo(l.dtype).tiny))).sum(-1)
+    return {"spectrum_min": float(a[:, 0].median()), "spectrum_small": float((a < 1e-2).sum(-1).double().mean()),
+            "spectrum_max": float(a[:, -1].median()), "spectrum_eff_rank": float(entropy.exp().mean())}
 
 
 class Evaluation(NamedTuple):

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import eigpool
+
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint
 from .config import Config
@@ -42,14 +44,29 @@ def method_for_epoch(config: Config, epoch: int) -> str:
     return config.method
 
 
-def head_options(config: Config, method: str) -> dict[str, Any]:
-    """``GCPHead``'s keyword arguments (all but ``in_channels``) for the settings ``config`` and ``method``.
+def head_options(config: Config, method: str, channels: int | None = None) -> dict[str, Any]:
+    """``GCPHead``'s keyword arguments (all but ``in_channels``) for the settings ``config`` and ``method``; the
+    backbone's ``channels`` give d where ``reduction`` is none (for function "shifted_sqrt").
 
-    grad, seb and truncate belong to the eigen method: the Newton-Schulz stage of a hybrid run has none of them.
+    grad, function, seb and truncate belong to the eigen method: the Newton-Schulz stage of a hybrid run has none of
+    them. function "shifted_sqrt" is ``eigpool.shifted_sqrt(shift / d)`` with trace scaling,
+    (S + shift tr(S)/d I)^(1/2); "ns_polynomial" is ``eigpool.ns_polynomial(iterations)`` with trace scaling, the
+    Newton-Schulz square root as an exact spectral function.
     """
     eigen = method == "eigen"
-    return {"reduction": config.reduction, "method": method, "grad": config.grad if eigen else "exact",
-            "seb": config.seb and eigen, "truncate": config.truncate if eigen else 0, "iterations": config.iterations,
+    function = config.function if eigen else "sqrt"
+    fn: Any = "sqrt"
+    if function == "shifted_sqrt":
+        d = config.reduction or channels
+        if d is None:
+            raise SettingsError("config: function 'shifted_sqrt' needs the covariance size d (reduction or the "
+                                "backbone's channels)")
+        fn = eigpool.shifted_sqrt(config.shift / d)
+    elif function == "ns_polynomial":
+        fn = eigpool.ns_polynomial(config.iterations)
+    return {"reduction": config.reduction, "method": method, "fn": fn, "trace_scale": function != "sqrt",
+            "grad": config.grad if eigen else "exact", "seb": config.seb and eigen,
+            "truncate": config.truncate if eigen else 0, "iterations": config.iterations,
             "compute_dtype": config.compute_dtype}
 
 
@@ -74,8 +91,8 @@ def build_backbone_of(config: Config, pretrained: bool = True) -> nn.Module:
 
 def _head(config: Config, backbone: nn.Module, method: str) -> nn.Module:
     """The pooling head of ``config`` for ``backbone``'s output; raises SettingsError where they do not fit."""
-    options = head_options(config, method) if config.head == "gcp" else {}
     channels = backbone.out_channels
+    options = head_options(config, method, channels) if config.head == "gcp" else {}
     tokens = isinstance(backbone, TimmBackbone) and backbone.tokens
     if isinstance(backbone, TimmBackbone) and config.head == "gcp":
         if backbone.positions < 2:

@@ -31,7 +31,9 @@ __all__ = ["METRIC_COLUMNS", "TrainResult", "claim_run_dir", "epoch_line", "form
            "remove_partial_files", "write_config"]
 
 METRIC_COLUMNS = ("epoch", "method", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "images_per_s", "epoch_seconds", "skipped_images", "val_skipped_images", "test_skipped_images")
+                  "images_per_s", "epoch_seconds", "skipped_images", "val_skipped_images", "test_skipped_images",
+                  "grad_norm_backbone", "grad_norm_head", "grad_norm_classifier", "clip_fraction", "clip_scale",
+                  "spectrum_min", "spectrum_small", "spectrum_max", "spectrum_eff_rank")
 
 
 @dataclass

@@ -45,7 +45,9 @@ from .engine import (
     epoch_seed,
     evaluate,
     make_loader,
+    parameter_groups,
     setup_distributed,
+    spectrum_statistics,
     train_epoch,
 )
 from .errors import CheckpointError, SettingsError
@@ -126,6 +128,8 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
     if config.compile:
         net = torch.compile(net) if ctx.enabled else runner
     skips = SkipLog(config.bad_images)
+    groups = parameter_groups(model)
+    probe = _probe_images(splits, config, ctx, device)
     current_method = method_for_epoch(config, start_epoch)
     for epoch in range(start_epoch, config.epochs):
         method = method_for_epoch(config, epoch)
@@ -137,7 +141,8 @@ def train(config: Config, *, resume: str | None = None, stop_after: int | None =
         row: dict[str, Any] = {"epoch": epoch + 1, "method": method, "lr": optimizer.param_groups[0]["lr"]}
         try:
             loader = make_loader(splits.train, config, ctx, epoch=epoch)
-            row |= train_epoch(net, loader, optimizer, config, ctx, device, epoch, skips, scaler)
+            row |= train_epoch(net, loader, optimizer, config, ctx, device, epoch, skips, scaler, groups)
+            row |= spectrum_statistics(model, probe)
             if ctx.enabled:
                 # Every process evaluates its shard with the same BatchNorm statistics: rank 0's.
                 for buffer in model.buffers():
@@ -178,6 +183,14 @@ def _restore(ckpt: dict[str, Any], resume: str, model: nn.Module, optimizer: tor
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"--resume: {resume!r} does not fit the network its settings describe: "
                               f"{type(err).__name__}: {err}") from None
+
+
+def _probe_images(splits: Splits, config: Config, ctx: Distributed, device: torch.device) -> torch.Tensor:
+    """The first training batch, in order: the images whose covariance spectrum each epoch records."""
+    for images, _, _ in make_loader(splits.train, config, ctx, epoch=None):
+        if len(images):
+            return images.to(device)
+    raise SettingsError("config: the training split has no readable image")
 
 
 def _evaluate_splits(model: nn.Module, splits: Splits, config: Config, device: torch.device, ctx: Distributed,

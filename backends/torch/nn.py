@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from eigpool._divided import SpectralFunction
 from eigpool._spec import NewtonSchulzSpec, SpectralSpec, compute_spec, newton_schulz_spec, resolve_spectral
 from eigpool.covariance import covariance
 from eigpool.gram import PATHS, pooled_from_spec, prepare
@@ -54,7 +55,11 @@ class MatrixFunction(nn.Module):
 
     method: "eigen" (F = U f(L) U^T by eigendecomposition) or "newton_schulz" (``iterations`` coupled steps with trace
       normalisation; fn "sqrt" or "invsqrt" only).
-    fn: "sqrt", "invsqrt", "log" or "power" (with exponent ``p``).
+    fn: "sqrt", "invsqrt", "log" or "power" (with exponent ``p``), or (eigen only) a ``SpectralFunction`` such as
+      ``eigpool.shifted_sqrt(c)`` or ``eigpool.ns_polynomial(n)``.
+    trace_scale (eigen only): F(S) = sqrt(tr S) U fn(L / tr S) U^T ([Note: trace scaling] in eigpool.spectral): with
+      ``fn=eigpool.ns_polynomial(n)`` the Newton-Schulz square root as an exact spectral function, with
+      ``fn=eigpool.shifted_sqrt(c)`` the root of S + c tr(S) I.
     grad (eigen only): "exact" (Loewner, finite at repeated eigenvalues) or an approximate eigenvector kernel
       "taylor", "pade", "clip", "power_iteration" (or "eigh"), whose options go in ``kernel_options``
       (e.g. ``{"degree": 100}``).
@@ -66,23 +71,25 @@ class MatrixFunction(nn.Module):
     ``spec``: the resolved specification (``SpectralSpec`` for "eigen", ``NewtonSchulzSpec`` for "newton_schulz").
     """
 
-    def __init__(self, method: str = "eigen", fn: str = "sqrt", p: float | None = None, grad: str = "exact",
+    def __init__(self, method: str = "eigen", fn: str | SpectralFunction = "sqrt", p: float | None = None,
+                 grad: str = "exact",
                  iterations: int = 5, floor: float | str | None = "auto", truncate: int = 0, seb: bool = False,
-                 compute_dtype: str | None = "float64", kernel_options: dict | None = None) -> None:
+                 compute_dtype: str | None = "float64", kernel_options: dict | None = None,
+                 trace_scale: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
         _check_choice(name, "method", method, _METHODS)
         if method == "newton_schulz":
             _check_choice(name, "fn", fn, _NS_FUNCTIONS)
-            if grad != "exact" or truncate or seb or kernel_options:
+            if grad != "exact" or truncate or seb or kernel_options or trace_scale:
                 raise ValueError(f"{name}: method='newton_schulz' has its own backward and no spectrum; grad, "
-                                 "truncate, seb and kernel_options apply to method='eigen' only")
+                                 "truncate, seb, kernel_options and trace_scale apply to method='eigen' only")
             self.spec: SpectralSpec | NewtonSchulzSpec = newton_schulz_spec(
                 name, iterations=iterations, inverse=fn == "invsqrt", compute_dtype=compute_dtype)
             return
         newton_schulz_spec(name, iterations=iterations)  # a bad iterations fails here too (the hybrid switch uses it)
         spec = resolve_spectral(name, fn, p=p, grad=grad, floor=floor, truncate=truncate, seb=seb,
-                                compute_dtype=compute_dtype, kernel_options=kernel_options)
+                                compute_dtype=compute_dtype, kernel_options=kernel_options, trace_scale=trace_scale)
         if truncate and (fn in ("invsqrt", "log") or (fn == "power" and p <= 0)):
             raise ValueError(f"{name}: truncate sets eigenvalues to zero, where fn={fn!r} (p={p!r}) is undefined; use "
                              "fn='sqrt' or 'power' with p > 0")
@@ -107,6 +114,7 @@ class MatrixFunction(nn.Module):
         parts = ["method='eigen'", f"fn={spec.fn.name!r}", f"grad={spec.grad!r}", f"floor={spec.floor!r}"]
         parts += [f"truncate={spec.truncate}"] if spec.truncate else []
         parts += ["seb=True"] if spec.seb else []
+        parts += ["trace_scale=True"] if spec.trace_scale else []
         if spec.kernel is not None and spec.kernel.options:
             parts.append(f"kernel_options={dict(spec.kernel.options)!r}")
         parts.append(f"compute_dtype={spec.compute_dtype!r}")
@@ -131,10 +139,11 @@ class GCPHead(nn.Module):
     ``normalise`` (the MatrixFunction, whose ``spec`` the head binds).
     """
 
-    def __init__(self, in_channels: int, reduction: int | None = 256, method: str = "eigen", fn: str = "sqrt",
-                 grad: str = "exact", seb: bool = False, truncate: int = 0, iterations: int = 5,
-                 compute_dtype: str | None = "float64", p: float | None = None, floor: float | str | None = "auto",
-                 kernel_options: dict | None = None, path: str = "auto") -> None:
+    def __init__(self, in_channels: int, reduction: int | None = 256, method: str = "eigen",
+                 fn: str | SpectralFunction = "sqrt", grad: str = "exact", seb: bool = False, truncate: int = 0,
+                 iterations: int = 5, compute_dtype: str | None = "float64", p: float | None = None,
+                 floor: float | str | None = "auto", kernel_options: dict | None = None, path: str = "auto",
+                 trace_scale: bool = False) -> None:
         super().__init__()
         _check_choice("GCPHead", "path", path, PATHS)
         if path == "gram" and (method, grad) != ("eigen", "exact"):
@@ -156,7 +165,7 @@ class GCPHead(nn.Module):
             nn.ReLU(inplace=True))
         self.normalise = MatrixFunction(method=method, fn=fn, p=p, grad=grad, iterations=iterations, floor=floor,
                                         truncate=truncate, seb=seb, compute_dtype=compute_dtype,
-                                        kernel_options=kernel_options)
+                                        kernel_options=kernel_options, trace_scale=trace_scale)
         self.out_features = self.dim * (self.dim + 1) // 2
         prepare(self.dim)
 
