@@ -334,13 +334,16 @@ def triangle_adjoint(xp: Any, spec: SpectralSpec, C: Any) -> Any:
 
 
 def _scaled_spectrum(xp: Any, spec: SpectralSpec, l: Any, U: Any) -> Spectrum:
-    """``reshape_spectrum`` of the eigenvalues ``l``, or for ``spec.trace_scale`` of l / t with the trace t kept
-    (t <= 0, where F is 0: l unscaled and t = 0)."""
+    """``reshape_spectrum`` of the eigenvalues ``l``, or for ``spec.trace_scale`` of a = max(l / t, 0) with the
+    trace t kept (0 where t <= 0, where F is 0). Trace scaling takes PSD input (the value check refuses other input):
+    the clamp only removes the round-off negatives of zero eigenvalues, as a perturbation of S of that size; it is
+    not a floor, so the derivative there is g's own (a function like ``shifted_sqrt`` is smooth at 0)."""
     if not spec.trace_scale:
         return reshape_spectrum(xp, spec, l, U)
     t = xp.sum(l, axis=-1, keepdims=True)
     positive = t > 0
-    s = reshape_spectrum(xp, spec, l / xp.where(positive, t, xp.ones_like(t)), U)
+    a = xp.where(positive, l / xp.where(positive, t, xp.ones_like(t)), xp.zeros_like(l))
+    s = reshape_spectrum(xp, spec, xp.maximum(a, xp.zeros_like(a)), U)
     return s._replace(trace=xp.where(positive, t, xp.zeros_like(t)))
 
 

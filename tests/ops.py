@@ -106,6 +106,24 @@ def _cbrt_slope(l: Any) -> Any:
     return l ** (-2 / 3) / 3
 
 
+def _ns_iteration(S: np.ndarray, n: int) -> np.ndarray:
+    """The coupled Newton-Schulz iteration of n steps with trace normalisation, in NumPy (iSQRT-COV's forward)."""
+    t = np.trace(S).real
+    Y, Z = S / t, np.eye(S.shape[-1])
+    for _ in range(n):
+        T = (3 * np.eye(S.shape[-1]) - Z @ Y) / 2
+        Y, Z = Y @ T, T @ Z
+    return np.sqrt(t) * Y
+
+
+def _shifted_sqrt(S: np.ndarray, c: float) -> np.ndarray:
+    return _sqrt(S + c * np.trace(S).real * np.eye(S.shape[-1]))
+
+
+NS5 = eigpool.spectral_spec(eigpool.ns_polynomial(5), trace_scale=True)
+SHIFTED = eigpool.spectral_spec(eigpool.shifted_sqrt(0.1), trace_scale=True)
+
+
 def _cube(l: Any) -> Any:
     return l**3
 
@@ -177,6 +195,10 @@ OPS = [
        complex=True),
     Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3),
        complex=True),
+    Op("matrix_function(ns_polynomial(5), trace_scale)", lambda S: eigpool.matrix_function(S, NS5),
+       lambda S: _ns_iteration(S, 5), complex=True),
+    Op("matrix_function(shifted_sqrt(0.1), trace_scale)", lambda S: eigpool.matrix_function(S, SHIFTED),
+       lambda S: _shifted_sqrt(S, 0.1), complex=True),
     Op("eigh(eigenvalues)", lambda S: eigpool.eigh(S).eigenvalues, lambda S: np.linalg.eigvalsh(S), positive=False,
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),

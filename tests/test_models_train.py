@@ -140,17 +140,6 @@ def test_torchrun_two_gloo_processes(tmp_path):
         assert result.accuracy == pytest.approx(float(rows[0][f"{split}_acc"]))
 
 
-def test_compare_prints_a_table(tmp_path, capsys):
-    from eigpool.models.compare import main as compare_main
-
-    settings = ["synthetic_classes=2", "synthetic_train=4", "synthetic_val=2", "synthetic_test=2", "batch_size=4",
-                "epochs=1", "lr_steps=[1]", "reduction=3", "threads=1"]
-    assert compare_main(["--variants", "small", "--heads", "avg", "gcp-ns", "--out-dir", str(tmp_path),
-                         "--set", *settings]) == 0
-    table = capsys.readouterr().out
-    assert "| small | avg |" in table and "| small | gcp-ns |" in table
-
-
 def test_cli_reports_a_missing_data_set(tmp_path, capsys):
     assert main(["--dataset", "cub", "--data-root", str(tmp_path / "none"), "--out-dir", str(tmp_path)]) == 2
     assert "Expected layout" in capsys.readouterr().err and not os.listdir(tmp_path)
