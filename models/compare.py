@@ -45,7 +45,8 @@ from typing import Any
 from .config import Config, load_preset, parse_yaml
 from .errors import SettingsError
 
-__all__ = ["DEFAULT_HEADS", "DEFAULT_SEEDS", "HEAD_SETTINGS", "SETTINGS", "aggregate", "main", "markdown_table", "run_config"]
+__all__ = ["DEFAULT_HEADS", "DEFAULT_SEEDS", "HEAD_SETTINGS", "SETTINGS", "aggregate", "main", "markdown_table",
+           "run_config"]
 
 #: The data of each setting, on top of the synthetic preset.
 SETTINGS: dict[str, dict[str, Any]] = {
