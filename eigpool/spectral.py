@@ -165,18 +165,18 @@ def seb(S: Any, *, grad: str = "exact", floor: float | str | None = "auto", trun
 
 def spectral(S: Any, f: Callable[[Any], Any], df: Callable[[Any], Any], *, positive: bool = False,
              grad: str = "exact", floor: float | str | None = "auto", truncate: int = 0,
-             compute_dtype: str | None = "float64", **kernel_options: Any) -> Any:
+             compute_dtype: str | None = "float64", triangle: str | None = None, **kernel_options: Any) -> Any:
     """U diag(f(l)) U^H for a user function f with derivative df (both take and return arrays of real eigenvalues).
 
     S: (..., d, d) real symmetric or complex Hermitian; returns (..., d, d). The Loewner matrix uses
     (f(a) - f(b))/(a - b), and the mean of df(a) and df(b) for pairs closer than the tie tolerance: accurate to about
     eps * |f| / |a - b| near ties (the built-in functions have cancellation-free formulas). ``positive=True``: f is
-    defined for l > 0 only; S must then be PSD and the eigenvalue ``floor`` applies.
+    defined for l > 0 only; S must then be PSD and the eigenvalue ``floor`` applies. ``triangle``: as in ``sqrtm``.
     """
     fn = user_spectral_function(f, df, positive)
     return matrix_function(S, resolve_spectral("spectral", fn, grad=grad, floor=floor, truncate=truncate,
-                                            compute_dtype=compute_dtype, kernel_options=kernel_options),
-                           op="spectral")
+                                            compute_dtype=compute_dtype, kernel_options=kernel_options,
+                                            triangle=triangle), op="spectral")
 
 
 def spectral_spec(fn: str | SpectralFunction = "sqrt", *, p: float | None = None, grad: str = "exact",
