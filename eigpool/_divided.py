@@ -149,7 +149,8 @@ def power(p: float) -> SpectralFunction:
 
 @cache
 def shifted_sqrt(shift: float) -> SpectralFunction:
-    """sqrt(l + shift) for l > -shift: the square root with the bounded slope 1 / (2 sqrt(shift)) at l = 0. Its
+    """sqrt(l + shift) - sqrt(shift) for l > -shift, computed as l / (sqrt(l + shift) + sqrt(shift)): a square root
+    with f(0) = 0 (no multiple of the identity is added to F) and the bounded slope 1 / (2 sqrt(shift)) at l = 0. Its
     divided differences are sqrt's at the shifted arguments (no cancellation, exact at ties). One object per shift.
     shift: a finite number > 0 (ValueError otherwise)."""
     if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 < shift < math.inf:
@@ -162,7 +163,8 @@ def shifted_sqrt(shift: float) -> SpectralFunction:
     def dd2(xp: Any, a: Any, b: Any, c: Any) -> Any:
         return _sqrt_dd2(xp, a + shift, b + shift, c + shift)
 
-    return SpectralFunction(f"shifted_sqrt({shift!r})", lambda xp, l: xp.sqrt(l + shift),
+    root = math.sqrt(shift)
+    return SpectralFunction(f"shifted_sqrt({shift!r})", lambda xp, l: l / (xp.sqrt(l + shift) + root),
                             lambda xp, l: 0.5 / xp.sqrt(l + shift), dd, False, dd2)
 
 

@@ -21,8 +21,8 @@ Its backward adds <G, F0> drho/dl_i = <G, F0> (1 - 2 m_i) exp(-2 m_i) / (2 rho) 
 ``trace_scale=True``: F(S) = sqrt(t) U g(A) U^T with t = tr(S) and the normalised eigenvalues a = l / t, the
 pre-normalisation and post-compensation of Newton-Schulz (eigpool.newton_schulz). With g = sqrt it is sqrtm (sqrt is
 homogeneous); with g = ``ns_polynomial(n)`` it is the Newton-Schulz square root itself, as an exact spectral function;
-with g = ``shifted_sqrt(c)`` it is (S + c t I)^(1/2). Differentiating, with Gh = U^T sym(G) U and L the Loewner matrix
-of g at a (diagonal g'(a_i)):  dL/dS = U (L o Gh + c I) U^T / sqrt(t),  c = sum_i Gh_ii (g(a_i) / 2 - a_i g'(a_i)),
+with g = ``shifted_sqrt(c)`` it is (S + c t I)^(1/2) - sqrt(c t) I. Differentiating, with Gh = U^T sym(G) U and
+L the Loewner matrix of g at a (diagonal g'(a_i)):  dL/dS = U (L o Gh + c I) U^T / sqrt(t),  c = sum_i Gh_ii (g(a_i) / 2 - a_i g'(a_i)),
 the second term from dt = tr(dS) (<G, F> / (2 t) from the post-compensation, -<W, S> / t^2 from A = S / t). A matrix
 with t <= 0 gives F = 0 and gradient 0 (PSD input has t = 0 only at S = 0, where sqrt has no derivative).
 
@@ -190,8 +190,8 @@ def spectral_spec(fn: str | SpectralFunction = "sqrt", *, p: float | None = None
     (``ns_polynomial(n)``, ``shifted_sqrt(c)``, ...); the other options as in ``sqrtm`` (``seb=True``: the scaling
     eigen branch of ``seb``, fn "sqrt" only). ``trace_scale=True``: F(S) = sqrt(tr S) U fn(L / tr S) U^T, S PSD
     ([Note: trace scaling]): with ``ns_polynomial(5)`` the Newton-Schulz square root of 5 steps as an exact spectral
-    function, with ``shifted_sqrt(c)`` the root of S + c tr(S) I. A bad option raises ValueError or TypeError naming
-    the option and the allowed values. Example::
+    function, with ``shifted_sqrt(c)`` the root of S + c tr(S) I less sqrt(c tr S) I. A bad option raises ValueError
+    or TypeError naming the option and the allowed values. Example::
 
         spec = eigpool.spectral_spec("power", p=0.5, grad="taylor", degree=50)
         Q = eigpool.matrix_function(S, spec)

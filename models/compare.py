@@ -18,7 +18,8 @@ standard-50 / small-50 (50 per class). Heads:
     gcp-ns               Newton-Schulz square root (5 iterations), its own backward
     gcp-ns-spectral      the Newton-Schulz scalar map of 5 iterations as an exact spectral function,
                          sqrt(tr S) p5(S / tr S) by eigendecomposition (function ns_polynomial)
-    gcp-shifted          the exact square root of S + 0.1 tr(S)/d I (function shifted_sqrt), bounded slope at 0
+    gcp-shifted          (S + e I)^(1/2) - sqrt(e) I, e = 0.1 tr(S)/d (function shifted_sqrt): a square root
+                         with the bounded slope 1 / (2 sqrt(e)) at 0, exact gradient
     gcp-shifted-0.01     the same with shift 0.01
     gcp-pade             exact square root, SVD-Pade eigenvector kernel (grad pade)
     gcp-taylor           exact square root, SVD-Taylor eigenvector kernel (grad taylor)

@@ -159,8 +159,8 @@ HELP = {
     "method": "GCP matrix square root: eigen (eigendecomposition) or newton_schulz (iterative)",
     "grad": f"GCP eigen method: backward rule, one of {', '.join(GRADS)} (exact: Loewner formula)",
     "function": "GCP eigen method: the scalar function of the eigenvalues: sqrt (the matrix square root), "
-                "shifted_sqrt ((S + shift tr(S)/d I)^(1/2)) or ns_polynomial (the Newton-Schulz map of `iterations` "
-                "steps as an exact spectral function: sqrt(tr S) p(S / tr S))",
+                "shifted_sqrt ((S + e I)^(1/2) - sqrt(e) I, e = shift tr(S)/d) or ns_polynomial (the Newton-Schulz map "
+                "of `iterations` steps as an exact spectral function: sqrt(tr S) p(S / tr S))",
     "shift": "GCP eigen method, function shifted_sqrt: the shift in units of the mean eigenvalue tr(S)/d (> 0)",
     "seb": "GCP eigen method: scaling eigen branch, output times 1 + ||R||_F (true or false)",
     "truncate": "GCP eigen method: number of smallest eigenvalues set to zero, 0 <= truncate < d",

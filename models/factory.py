@@ -50,8 +50,8 @@ def head_options(config: Config, method: str, channels: int | None = None) -> di
 
     grad, function, seb and truncate belong to the eigen method: the Newton-Schulz stage of a hybrid run has none of
     them. function "shifted_sqrt" is ``eigpool.shifted_sqrt(shift / d)`` with trace scaling,
-    (S + shift tr(S)/d I)^(1/2); "ns_polynomial" is ``eigpool.ns_polynomial(iterations)`` with trace scaling, the
-    Newton-Schulz square root as an exact spectral function.
+    (S + e I)^(1/2) - sqrt(e) I with e = shift tr(S)/d; "ns_polynomial" is ``eigpool.ns_polynomial(iterations)``
+    with trace scaling, the Newton-Schulz square root as an exact spectral function.
     """
     eigen = method == "eigen"
     function = config.function if eigen else "sqrt"

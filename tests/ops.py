@@ -117,7 +117,8 @@ def _ns_iteration(S: np.ndarray, n: int) -> np.ndarray:
 
 
 def _shifted_sqrt(S: np.ndarray, c: float) -> np.ndarray:
-    return _sqrt(S + c * np.trace(S).real * np.eye(S.shape[-1]))
+    shift = c * np.trace(S).real * np.eye(S.shape[-1])
+    return _sqrt(S + shift) - np.sqrt(shift)
 
 
 NS5 = eigpool.spectral_spec(eigpool.ns_polynomial(5), trace_scale=True)

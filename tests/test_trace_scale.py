@@ -69,7 +69,7 @@ def test_ns_polynomial_is_the_newton_schulz_square_root_with_its_backward():
     assert torch.allclose(g_ns, g_spectral, rtol=0, atol=1e-12 * g_ns.abs().max())
 
 
-def test_shifted_sqrt_is_the_root_of_the_shifted_matrix():
+def test_shifted_sqrt_is_the_root_of_the_shifted_matrix_less_the_shift():
     c = 0.05
     spec = eigpool.spectral_spec(eigpool.shifted_sqrt(c), trace_scale=True)
     S = _dead_channel_covariances().requires_grad_()
@@ -77,8 +77,9 @@ def test_shifted_sqrt_is_the_root_of_the_shifted_matrix():
     F = eigpool.matrix_function(S, spec)
     eye = torch.eye(S.shape[-1], dtype=S.dtype)
     t = S.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
-    # Reference: the plain square root of S + c tr(S) I (positive definite), autograd through the shift.
-    ref = eigpool.sqrtm(S + c * t * eye)
+    # Reference: the plain square root of S + c tr(S) I (positive definite) less sqrt(c tr(S)) I, autograd through
+    # the shift.
+    ref = eigpool.sqrtm(S + c * t * eye) - torch.sqrt(c * t) * eye
     assert torch.allclose(F, ref, rtol=0, atol=1e-13)
     (g,) = torch.autograd.grad(F, S, G)
     (g_ref,) = torch.autograd.grad(ref, S, G)

@@ -59,7 +59,7 @@ class MatrixFunction(nn.Module):
       ``eigpool.shifted_sqrt(c)`` or ``eigpool.ns_polynomial(n)``.
     trace_scale (eigen only): F(S) = sqrt(tr S) U fn(L / tr S) U^T ([Note: trace scaling] in eigpool.spectral): with
       ``fn=eigpool.ns_polynomial(n)`` the Newton-Schulz square root as an exact spectral function, with
-      ``fn=eigpool.shifted_sqrt(c)`` the root of S + c tr(S) I.
+      ``fn=eigpool.shifted_sqrt(c)`` the root of S + c tr(S) I less sqrt(c tr S) I.
     grad (eigen only): "exact" (Loewner, finite at repeated eigenvalues) or an approximate eigenvector kernel
       "taylor", "pade", "clip", "power_iteration" (or "eigh"), whose options go in ``kernel_options``
       (e.g. ``{"degree": 100}``).
