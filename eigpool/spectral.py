@@ -22,7 +22,10 @@ Its backward adds <G, F0> drho/dl_i = <G, F0> (1 - 2 m_i) exp(-2 m_i) / (2 rho) 
 pre-normalisation and post-compensation of Newton-Schulz (eigpool.newton_schulz). With g = sqrt it is sqrtm (sqrt is
 homogeneous); with g = ``ns_polynomial(n)`` it is the Newton-Schulz square root itself, as an exact spectral function;
 with g = ``shifted_sqrt(c)`` it is (S + c t I)^(1/2) - sqrt(c t) I. Differentiating, with Gh = U^T sym(G) U and
-L the Loewner matrix of g at a (diagonal g'(a_i)):  dL/dS = U (L o Gh + c I) U^T / sqrt(t),  c = sum_i Gh_ii (g(a_i) / 2 - a_i g'(a_i)),
+L the Loewner matrix of g at a (diagonal g'(a_i)):
+
+    dL/dS = U (L o Gh + c I) U^T / sqrt(t),   c = sum_i Gh_ii (g(a_i) / 2 - a_i g'(a_i)),
+
 the second term from dt = tr(dS) (<G, F> / (2 t) from the post-compensation, -<W, S> / t^2 from A = S / t). A matrix
 with t <= 0 gives F = 0 and gradient 0 (PSD input has t = 0 only at S = 0, where sqrt has no derivative).
 
