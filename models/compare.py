@@ -20,7 +20,8 @@ standard-50 / small-50 (50 per class). Heads:
                          sqrt(tr S) p5(S / tr S) by eigendecomposition (function ns_polynomial)
     gcp-shifted          (S + e I)^(1/2) - sqrt(e) I, e = 0.1 tr(S)/d (function shifted_sqrt): a square root
                          with the bounded slope 1 / (2 sqrt(e)) at 0, exact gradient
-    gcp-shifted-0.01     the same with shift 0.01
+    gcp-shifted-0.01     the same with e = 0.01 tr(S)/d
+    gcp-shifted-1        the same with e = tr(S)/d
     gcp-pade             exact square root, SVD-Pade eigenvector kernel (grad pade)
     gcp-taylor           exact square root, SVD-Taylor eigenvector kernel (grad taylor)
     gcp-trunc            exact square root with the 8 smallest of 32 eigenvalues set to zero
@@ -68,6 +69,7 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
     "gcp-ns-spectral": {"head": "gcp", "method": "eigen", "function": "ns_polynomial"},
     "gcp-shifted": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.1},
     "gcp-shifted-0.01": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.01},
+    "gcp-shifted-1": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 1.0},
     "gcp-pade": {"head": "gcp", "method": "eigen", "grad": "pade"},
     "gcp-taylor": {"head": "gcp", "method": "eigen", "grad": "taylor"},
     "gcp-trunc": {"head": "gcp", "method": "eigen", "truncate": 8},
@@ -79,8 +81,8 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 #: The heads of the study in docs/models.md (the default of ``--heads``).
-DEFAULT_HEADS = ("avg", "gcp-exact", "gcp-ns", "gcp-ns-spectral", "gcp-shifted", "gcp-pade", "gcp-trunc",
-                 "gcp-hybrid")
+DEFAULT_HEADS = ("avg", "gcp-exact", "gcp-ns", "gcp-ns-spectral", "gcp-shifted-0.01", "gcp-shifted", "gcp-shifted-1",
+                 "gcp-pade", "gcp-trunc", "gcp-hybrid")
 
 #: Per-run summary columns of runs.csv.
 RUN_COLUMNS = ("setting", "head", "seed", "final_test_acc", "best_val_test_acc", "grad_norm_backbone",

@@ -48,8 +48,9 @@ def study_config(model: str, variant: str, truncate: int | None, overrides: dict
     d = settings.get("reduction") or 32
     if model == "seb-lr" and seb_lr is None:
         raise ValueError("study: model 'seb-lr' needs the learning rate seb_lr")
-    head = {"plain": {}, "truncate": {"truncate": d // 2 if truncate is None else truncate},
-            "seb": {"seb": True}, "seb-lr": {"seb": True, "lr": seb_lr}}[model]
+    exact = {"head": "gcp", "method": "eigen", "function": "sqrt"}  # whatever the preset's default head is
+    head = exact | {"plain": {}, "truncate": {"truncate": d // 2 if truncate is None else truncate},
+                    "seb": {"seb": True}, "seb-lr": {"seb": True, "lr": seb_lr}}[model]
     settings = {k: v for k, v in settings.items() if k not in head}
     data = variant if settings.get("dataset", "synthetic") == "synthetic" else settings["dataset"]
     return Config(**settings, **head, name=f"study-{data}-{model}", out_dir=out).validate()
