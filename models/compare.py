@@ -8,7 +8,8 @@ gradient norms of backbone and head, the fraction of steps that clipping scaled,
 number of near-zero eigenvalues of the covariance at the last epoch. ``runs.csv`` in the output folder holds every
 run; a finished run is reused and an unfinished one resumed, so an interrupted comparison continues where it
 stopped. ``--jobs N`` trains N runs at once (one process and one thread each). ``--figures DIR`` writes the curves of
-the spectrum and of the gradient norms over training (mean over seeds) for each setting.
+the spectrum and of the gradient norms over training (mean over seeds) for each setting, and the heads' scalar maps
+with their slopes.
 
 Settings (data): standard-200 / small-200 (the two embedded variants, 200 training images per class) and
 standard-50 / small-50 (50 per class). Heads:
@@ -48,7 +49,7 @@ from .config import Config, load_preset, parse_yaml
 from .errors import SettingsError
 
 __all__ = ["DEFAULT_HEADS", "DEFAULT_SEEDS", "HEAD_SETTINGS", "SETTINGS", "aggregate", "main", "markdown_table",
-           "run_config"]
+           "plot_scalar_maps", "run_config"]
 
 #: The data of each setting, on top of the synthetic preset.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -194,6 +195,36 @@ def _plot(rows: Sequence[dict[str, Any]], setting: str, path: str) -> None:
     save_figure(fig, path)
 
 
+def plot_scalar_maps(path: str, d: int = 32) -> None:
+    """The scalar maps of the heads on the normalised eigenvalue a = l / tr(S) (value and slope, with tr(S)
+    scaled out), over l from 0 to 3 times the mean eigenvalue tr(S) / d: the square root, the Newton-Schulz map of 5
+    steps and the shifted roots."""
+    import numpy as np  # noqa: PLC0415
+
+    import eigpool  # noqa: PLC0415
+
+    from .plots import pyplot, save_figure  # noqa: PLC0415
+
+    x = np.linspace(0.0, 3.0, 601)[1:]  # l in units of the mean eigenvalue
+    a = x / d
+    maps = {"sqrt (gcp-exact)": (np.sqrt(a), 0.5 / np.sqrt(a)),
+            "Newton-Schulz, 5 steps (gcp-ns)": (eigpool.ns_polynomial(5).f(np, a), eigpool.ns_polynomial(5).df(np, a))}
+    for shift in (0.01, 0.1, 1.0):
+        fn = eigpool.shifted_sqrt(shift / d)
+        maps[f"shifted sqrt, e = {shift:g} tr(S)/d"] = (fn.f(np, a), fn.df(np, a))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    for label, (value, slope) in maps.items():
+        axes[0].plot(x, value, label=label)
+        axes[1].plot(x, slope, label=label)
+    axes[0].set(xlabel="eigenvalue / mean eigenvalue", ylabel="f(l / tr S)")
+    axes[1].set(xlabel="eigenvalue / mean eigenvalue", ylabel="slope f'(l / tr S)", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"the heads' scalar maps (d = {d}; F = sqrt(tr S) U f(L / tr S) U^T)", fontsize=10)
+    save_figure(fig, path)
+
+
 def _write_runs(path: str, rows: Sequence[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RUN_COLUMNS, extrasaction="ignore")
@@ -244,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.figures, exist_ok=True)
         for setting in args.settings:
             _plot(rows, setting, os.path.join(args.figures, f"compare_{setting}_training.png"))
+        plot_scalar_maps(os.path.join(args.figures, "compare_scalar_maps.png"))
     print(markdown_table(aggregate(rows)))
     return 0
 
