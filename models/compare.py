@@ -65,20 +65,21 @@ DEFAULT_SEEDS = {"standard-200": (0, 1, 2), "small-200": (0, 1, 2), "standard-50
 
 HEAD_SETTINGS: dict[str, dict[str, Any]] = {
     "avg": {"head": "avg"},
-    "gcp-exact": {"head": "gcp", "method": "eigen"},
+    "gcp-exact": {"head": "gcp", "method": "eigen", "function": "sqrt"},
     "gcp-ns": {"head": "gcp", "method": "newton_schulz"},
     "gcp-ns-spectral": {"head": "gcp", "method": "eigen", "function": "ns_polynomial"},
     "gcp-shifted": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.1},
     "gcp-shifted-0.01": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 0.01},
     "gcp-shifted-1": {"head": "gcp", "method": "eigen", "function": "shifted_sqrt", "shift": 1.0},
-    "gcp-pade": {"head": "gcp", "method": "eigen", "grad": "pade"},
-    "gcp-taylor": {"head": "gcp", "method": "eigen", "grad": "taylor"},
-    "gcp-trunc": {"head": "gcp", "method": "eigen", "truncate": 8},
-    "gcp-seb": {"head": "gcp", "method": "eigen", "seb": True},
-    "gcp-seb-lr": {"head": "gcp", "method": "eigen", "seb": True, "lr": 0.01},
-    "gcp-hybrid": {"head": "gcp", "method": "eigen", "hybrid": True},
-    "gcp-exact-noclip": {"head": "gcp", "method": "eigen", "clip_grad_norm": None},
-    "gcp-exact-clip-groups": {"head": "gcp", "method": "eigen", "clip_scope": "groups"},
+    "gcp-pade": {"head": "gcp", "method": "eigen", "function": "sqrt", "grad": "pade"},
+    "gcp-taylor": {"head": "gcp", "method": "eigen", "function": "sqrt", "grad": "taylor"},
+    "gcp-trunc": {"head": "gcp", "method": "eigen", "function": "sqrt", "truncate": 8},
+    "gcp-seb": {"head": "gcp", "method": "eigen", "function": "sqrt", "seb": True},
+    "gcp-seb-lr": {"head": "gcp", "method": "eigen", "function": "sqrt", "seb": True, "lr": 0.01},
+    "gcp-hybrid": {"head": "gcp", "method": "eigen", "function": "sqrt", "hybrid": True},
+    "gcp-exact-noclip": {"head": "gcp", "method": "eigen", "function": "sqrt", "clip_grad_norm": None},
+    "gcp-exact-clip-groups": {"head": "gcp", "method": "eigen", "function": "sqrt",
+                              "clip_scope": "groups"},
 }
 
 #: The heads of the study in docs/models.md (the default of ``--heads``).
@@ -94,6 +95,42 @@ def run_config(setting: str, head: str, seed: int, common: dict[str, Any]) -> Co
     """The validated Config of one run: the synthetic preset, ``common``, the setting's data, the head, the seed."""
     settings = load_preset("synthetic") | {"progress": False} | common | SETTINGS[setting] | HEAD_SETTINGS[head]
     return Config(**settings, seed=seed, name=f"{setting}-{head}-s{seed}").validate()
+
+
+#: Settings of the GCP head and of its eigen method, which the average-pooling head (and Newton-Schulz) do not read.
+_GCP_KEYS = ("method", "grad", "function", "shift", "seb", "truncate", "iterations", "reduction", "compute_dtype",
+             "hybrid")
+_EIGEN_KEYS = ("grad", "function", "shift", "seb", "truncate")
+
+
+def _effective(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape a run: without those its head does not read (a run is reused when these agree)."""
+    unused = set()
+    if settings.get("head") == "avg":
+        unused |= set(_GCP_KEYS)
+    elif settings.get("method") == "newton_schulz" and not settings.get("hybrid"):
+        unused |= set(_EIGEN_KEYS)
+    if settings.get("seb"):
+        unused |= {"function", "shift"}  # SEB's function is sqrt
+    elif settings.get("function") != "shifted_sqrt":
+        unused.add("shift")
+    return {k: v for k, v in settings.items() if k not in unused}
+
+
+def _check_existing(config: Config) -> None:
+    """Raise SettingsError when the run folder of ``config`` holds a run with other settings (it would be reused)."""
+    from .checkpoint import load_checkpoint  # noqa: PLC0415
+    from .config import RESUMABLE  # noqa: PLC0415
+
+    last = os.path.join(config.out_dir, config.name, "last.pt")
+    if not os.path.isfile(last):
+        return
+    saved, wanted = _effective(load_checkpoint(last)["config"]), _effective(config.to_dict())
+    differ = sorted(k for k in wanted.keys() | saved.keys()
+                    if k not in RESUMABLE and k not in ("name", "out_dir") and saved.get(k) != wanted.get(k))
+    if differ:
+        raise SettingsError(f"compare: {os.path.dirname(last)!r} holds a run with other settings ({differ}): use "
+                            "another --out-dir, or remove that folder")
 
 
 def _mean(rows: Sequence[dict[str, Any]], key: str) -> float | None:
@@ -257,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(s, h, seed) for s in args.settings for h in args.heads for seed in args.seeds or DEFAULT_SEEDS[s]]
     try:
         configs = {job: run_config(*job, common) for job in jobs}
+        for config in configs.values():
+            _check_existing(config)
     except (SettingsError, TypeError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2

@@ -76,8 +76,10 @@ class Config:
     class_token: str = "drop"
     method: str = "eigen"
     grad: str = "exact"
-    function: str = "sqrt"
-    shift: float = 0.1
+    # The default head (docs/head_study.md): the exact-gradient square root with a bounded slope at 0,
+    # (S + e I)^(1/2) - sqrt(e) I with e the mean eigenvalue tr(S)/d.
+    function: str = "shifted_sqrt"
+    shift: float = 1.0
     seb: bool = False
     truncate: int = 0
     iterations: int = 5
@@ -162,7 +164,8 @@ HELP = {
                 "shifted_sqrt ((S + e I)^(1/2) - sqrt(e) I, e = shift tr(S)/d) or ns_polynomial (the Newton-Schulz map "
                 "of `iterations` steps as an exact spectral function: sqrt(tr S) p(S / tr S))",
     "shift": "GCP eigen method, function shifted_sqrt: the shift in units of the mean eigenvalue tr(S)/d (> 0)",
-    "seb": "GCP eigen method: scaling eigen branch, output times 1 + ||R||_F (true or false)",
+    "seb": "GCP eigen method: scaling eigen branch, output times 1 + ||R||_F of the matrix square root (true or "
+           "false; with seb the function is sqrt)",
     "truncate": "GCP eigen method: number of smallest eigenvalues set to zero, 0 <= truncate < d",
     "iterations": "GCP newton_schulz method (and the hybrid's first stage): iterations (>= 1)",
     "reduction": "GCP: channels d after the 1x1 reduction convolution (none: all backbone channels)",
@@ -254,13 +257,13 @@ def _check_backbone(config: Config) -> None:
 
 def _check_head(config: Config) -> None:
     """The GCP options apply to the head and method they belong to; none is silently ignored."""
-    eigen_only = {k: getattr(config, k) for k, default in (("grad", "exact"), ("truncate", 0), ("seb", False),
-                                                           ("function", "sqrt")) if getattr(config, k) != default}
+    defaults = (("grad", "exact"), ("truncate", 0), ("seb", False), ("function", Config.function))
+    eigen_only = {k: getattr(config, k) for k, default in defaults if getattr(config, k) != default}
     if config.shift != Config.shift and config.function != "shifted_sqrt":
         raise SettingsError(f"config: shift applies to function 'shifted_sqrt', got function {config.function!r}")
-    if config.function != "sqrt" and config.seb:
-        raise SettingsError(f"config: seb scales the matrix square root; it needs function 'sqrt', got "
-                            f"{config.function!r}")
+    if config.seb and config.function not in ("sqrt", Config.function):
+        raise SettingsError(f"config: seb scales the matrix square root; it takes function 'sqrt' (the default "
+                            f"{Config.function!r} gives way to it), got {config.function!r}")
     gcp_only = eigen_only | ({"method": config.method} if config.method != "eigen" else {}) | (
         {"hybrid": True} if config.hybrid else {})
     if config.head == "avg" and gcp_only:

@@ -315,7 +315,8 @@ def spectrum_statistics(model: FGVCNet, images: torch.Tensor) -> dict[str, float
     and of the largest eigenvalue (``spectrum_max``), the mean number of eigenvalues below 1e-2
     (``spectrum_small``: where the square root's slope 1 / (2 sqrt(l)) exceeds 5 / sqrt(tr(S) / d), ten times its
     value at the mean), and the mean effective rank exp(-sum_i p_i log p_i), p = l / tr(S). None for heads without
-    a covariance of a feature map (average pooling, token heads)."""
+    a covariance of a feature map (average pooling, token heads) and for features that are not finite (a diverging
+    run: the training step or the evaluation reports it)."""
     head = model.head
     if not isinstance(head, GCPHead) or isinstance(head, TokenGCPHead):
         return dict.fromkeys(SPECTRUM_COLUMNS)
@@ -325,9 +326,11 @@ def spectrum_statistics(model: FGVCNet, images: torch.Tensor) -> dict[str, float
         with torch.autocast(images.device.type, dtype=AMP_DTYPES.get(model.amp), enabled=model.amp is not None):
             features = model.forward_features(images)
         x = features.float() if head.reduce is None else head.reduce(features.float())
-        l = torch.linalg.eigvalsh(covariance(x.flatten(2).double())).clamp_min(0)
     finally:
         model.train(training)
+    if not bool(torch.isfinite(x).all()):
+        return dict.fromkeys(SPECTRUM_COLUMNS)
+    l = torch.linalg.eigvalsh(covariance(x.flatten(2).double())).clamp_min(0)
     t = l.sum(-1, keepdim=True)
     a = l / t.clamp_min(torch.finfo(l.dtype).tiny) * l.shape[-1]
     p = l / t.clamp_min(torch.finfo(l.dtype).tiny)

@@ -54,7 +54,9 @@ def head_options(config: Config, method: str, channels: int | None = None) -> di
     with trace scaling, the Newton-Schulz square root as an exact spectral function.
     """
     eigen = method == "eigen"
-    function = config.function if eigen else "sqrt"
+    # SEB is the scaled square root: with seb the function is sqrt (the check refuses any other function but the
+    # default).
+    function = "sqrt" if not eigen or config.seb else config.function
     fn: Any = "sqrt"
     if function == "shifted_sqrt":
         d = config.reduction or channels

@@ -31,7 +31,7 @@ def test_build_network_has_the_head_of_head_options(settings):
     config = Config(**({"reduction": 6} | settings)).validate()
     method = factory.method_for_epoch(config, 0)
     head = factory.build_network(config, 3).head
-    expected = GCPHead(in_channels=64, **factory.head_options(config, method))
+    expected = GCPHead(in_channels=64, **factory.head_options(config, method, 64))
     assert _head_signature(head) == _head_signature(expected)
 
 

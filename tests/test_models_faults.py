@@ -57,7 +57,9 @@ def test_nan_in_the_data_reaches_the_head_and_ends_in_the_diverged_message(tmp_p
         image, label = original(self, index)
         if self.split == "train":
             fetched[0] += 1
-            if fetched[0] == 19:  # the first image of epoch 2 (18 training images per epoch)
+            # The first image of epoch 2: after the probe batch of the spectrum statistics (the first 6 training
+            # images, read once before epoch 1) and the 18 training images of epoch 1.
+            if fetched[0] == 6 + 19:
                 image = image.clone()
                 image[0, 0, 0] = float("nan")
         return image, label

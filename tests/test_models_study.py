@@ -106,15 +106,20 @@ def test_the_study_functions_map_to_trace_scaled_heads():
     assert factory.head_options(config, "newton_schulz")["trace_scale"] is False  # a hybrid's first stage
     head = factory.build_network(config, 3).head
     assert isinstance(head, GCPHead) and head.normalise.spec.trace_scale
-    assert factory.head_options(Config().validate(), "eigen")["fn"] == "sqrt"
+    default = factory.head_options(Config().validate(), "eigen")  # the default head: e = tr(S)/d, d = 32
+    assert default["fn"] is eigpool.shifted_sqrt(1 / 32) and default["trace_scale"] is True
+    plain = factory.head_options(Config(function="sqrt").validate(), "eigen")
+    assert plain["fn"] == "sqrt" and plain["trace_scale"] is False
+    seb = factory.head_options(Config(seb=True).validate(), "eigen")
+    assert (seb["fn"], seb["seb"], seb["trace_scale"]) == ("sqrt", True, False)
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"shift": 0.5}, "shift applies to function 'shifted_sqrt'"),
+    ({"function": "sqrt", "shift": 0.5}, "shift applies to function 'shifted_sqrt'"),
     ({"function": "cbrt"}, "function must be one of"),
     ({"function": "shifted_sqrt", "shift": 0}, "shift must be a finite number > 0"),
     ({"function": "ns_polynomial", "method": "newton_schulz"}, "apply to method 'eigen' only"),
-    ({"function": "shifted_sqrt", "seb": True}, "seb scales the matrix square root"),
+    ({"function": "ns_polynomial", "seb": True}, "seb scales the matrix square root"),
     ({"function": "sqrt", "head": "avg", "clip_scope": "layers"}, "clip_scope must be one of"),
 ])
 def test_bad_study_settings_raise(settings, message):
@@ -157,5 +162,8 @@ def test_compare_over_seeds(tmp_path, capsys):
                                                                        ("gcp-ns-spectral", "1")]
     assert os.path.isfile(tmp_path / "figures" / "compare_small-50_training.png")
     assert compare.main(argv) == 0  # finished runs are reused
+    # A bad setting, and a finished run whose settings differ from the ones asked for, are errors (exit status 2).
     assert compare.main(["--settings", "small-50", "--heads", "avg", "--seeds", "0", "--out-dir", str(tmp_path),
-                         "--set", "shift=0.3"]) == 2
+                         "--set", "function=sqrt", "shift=0.3"]) == 2
+    assert compare.main([*argv[:-len(settings)], *settings[:-1], "reduction=4"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
