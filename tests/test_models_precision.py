@@ -93,8 +93,9 @@ def test_fp16_scaler_skips_a_step_whose_gradients_overflow():
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     scaler = build_scaler(config, torch.device("cpu"))
     scale = scaler.get_scale()
-    _, loss = _step(net, torch.full((2, 4), 1e35), torch.tensor([0, 1]), optimizer, list(net.parameters()), config,
-                    Distributed(), scaler)
+    groups = {"backbone": list(net.parameters()), "head": [], "classifier": []}
+    _, loss, _, _ = _step(net, torch.full((2, 4), 1e35), torch.tensor([0, 1]), optimizer, groups, config,
+                          Distributed(), scaler)
     assert math.isfinite(loss.item()) and scaler.get_scale() == scale / 2
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert not build_scaler(Config(**(TINY | {"amp": "bf16"})).validate(), torch.device("cpu")).is_enabled()
