@@ -84,7 +84,7 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
 
 #: The heads of the study in docs/models.md (the default of ``--heads``).
 DEFAULT_HEADS = ("avg", "gcp-exact", "gcp-ns", "gcp-ns-spectral", "gcp-shifted-0.01", "gcp-shifted", "gcp-shifted-1",
-                 "gcp-pade", "gcp-trunc", "gcp-hybrid")
+                 "gcp-pade", "gcp-taylor", "gcp-trunc", "gcp-seb-lr", "gcp-hybrid")
 
 #: Per-run summary columns of runs.csv.
 RUN_COLUMNS = ("setting", "head", "seed", "final_test_acc", "best_val_test_acc", "grad_norm_backbone",
