@@ -199,10 +199,11 @@ OPS = [
        complex=True),
     Op("matrix_function(cbrt)", lambda S: eigpool.matrix_function(S, eigpool.spectral_spec(CBRT)), _power(1 / 3),
        complex=True),
+    # Trace scaling changes no tie handling (the Loewner matrix is the function's): three spectra suffice.
     Op("matrix_function(ns_polynomial(5), trace_scale)", lambda S: eigpool.matrix_function(S, NS5),
-       lambda S: _ns_iteration(S, 5), complex=True),
+       lambda S: _ns_iteration(S, 5), complex=True, spectra=("distinct", "repeated", "near_ties")),
     Op("matrix_function(shifted_sqrt(0.1), trace_scale)", lambda S: eigpool.matrix_function(S, SHIFTED),
-       lambda S: _shifted_sqrt(S, 0.1), complex=True),
+       lambda S: _shifted_sqrt(S, 0.1), complex=True, spectra=("distinct", "scalar", "near_ties")),
     Op("eigh(eigenvalues)", lambda S: eigpool.eigh(S).eigenvalues, lambda S: np.linalg.eigvalsh(S), positive=False,
        ties=False),  # single eigenvalues have a kink where they cross
     Op("eigh(tr exp(-l))", lambda S: _sum_exp_neg(eigpool.eigh(S).eigenvalues),
