@@ -200,40 +200,35 @@ def parameter_groups(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     return {name: [p for p in getattr(model, name).parameters() if p.requires_grad] for name in GRAD_GROUPS}
 
 
-def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    """The L2 norm of the tensors together (None for none)."""
-    if not tensors:
-        return None
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+#: The groups each ``clip_scope`` clips together, each to its own norm.
+CLIP_UNITS = {"all": [list(GRAD_GROUPS)], "groups": [[name] for name in GRAD_GROUPS],
+              "features": [["backbone", "head"]]}
 
 
-def _clip(groups: dict[str, list[torch.Tensor]], config: Config) -> tuple[torch.Tensor, dict[str, float], float]:
+def _clip(groups: dict[str, list[torch.Tensor]],
+          config: Config) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Measure the gradient norms and clip them as ``clip_scope`` says; returns (global norm before clipping, the
-    groups' norms before clipping, the smallest scale applied, 1 when nothing was clipped).
+    groups' norms before clipping, the smallest scale applied, 1 when nothing was clipped), as tensors (no host
+    synchronisation).
 
     clip_scope "all": the global norm of every parameter to ``clip_grad_norm`` (torch.nn.utils.clip_grad_norm_);
     "groups": each group's own norm to it; "features": backbone and head together, the classifier unclipped."""
-    grads = {name: [p.grad for p in params if p.grad is not None] for name, params in groups.items()}
-    norms = {name: _norm(g) for name, g in grads.items()}
-    total = _norm([n for n in norms.values() if n is not None])
+    norms = {name: torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+             for name, params in groups.items()}
+    total = torch.nn.utils.get_total_norm(list(norms.values()))
+    smallest = torch.ones((), device=total.device)
     limit = config.clip_grad_norm
-    units = {"all": [list(groups)], "groups": [[name] for name in groups],
-             "features": [["backbone", "head"]]}[config.clip_scope]
-    smallest = 1.0
-    for unit in units:
-        norm = _norm([norms[name] for name in unit if norms[name] is not None])
-        if limit is not None and norm is not None and bool(torch.isfinite(norm) & (norm > limit)):
-            scale = limit / (float(norm) + 1e-6)  # as torch.nn.utils.clip_grad_norm_
-            smallest = min(smallest, scale)
-            for name in unit:
-                for g in grads[name]:
-                    g.mul_(scale)
-    return total, {name: 0.0 if n is None else float(n) for name, n in norms.items()}, smallest
+    if limit is not None:
+        for unit in CLIP_UNITS[config.clip_scope]:
+            norm = torch.nn.utils.get_total_norm([norms[name] for name in unit]).to(total.device)
+            torch.nn.utils.clip_grads_with_norm_([p for name in unit for p in groups[name]], limit, norm)
+            smallest = torch.minimum(smallest, (limit / (norm + 1e-6)).clamp(max=1.0))  # clip_grads_with_norm_'s
+    return total, norms, smallest
 
 
 def _step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
           groups: dict[str, list[torch.Tensor]], config: Config, ctx: Distributed,
-          scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, dict[str, float], float]:
+          scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One SGD step; returns (logits, loss, gradient norms by group, clipping scale). Raises NonFiniteOutputs, before
     the update, on a non-finite value (an enabled ``scaler`` skips the steps whose gradients overflow instead)."""
     failure = None
@@ -275,7 +270,8 @@ def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
     bar = _progress(len(loader), f"epoch {epoch + 1}/{config.epochs} train", config, ctx)
     if groups is None:
         groups = {"backbone": [p for p in net.parameters() if p.requires_grad], "head": [], "classifier": []}
-    norm_sums, scales = dict.fromkeys(groups, 0.0), []
+    norm_sums: dict[str, Any] = dict.fromkeys(groups, 0.0)
+    scales: list[torch.Tensor] = []
     start = time.perf_counter()
     try:
         for step, (images, labels) in enumerate(_batches(loader, device, "train", skips, skipped, bar)):
@@ -285,7 +281,7 @@ def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1}, step {step + 1}: {err}; the step "
                                        "was not applied") from None
             for name, value in norms.items():
-                norm_sums[name] += value
+                norm_sums[name] = norm_sums[name] + value  # tensors: read once, at the end of the epoch
             scales.append(scale)
             loss_sum += loss.item() * labels.numel()
             correct += (logits.argmax(1) == labels).sum().item()
@@ -298,10 +294,11 @@ def train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
     seconds = time.perf_counter() - start
     loss_sum, correct, count, n_skipped = sum_across(ctx, [loss_sum, correct, count, skipped[0]])
     steps = max(len(scales), 1)
+    scale = torch.stack(scales).cpu() if scales else torch.ones(1)
     return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
             "images_per_s": count / seconds, "epoch_seconds": seconds, "skipped_images": int(n_skipped),
-            **{f"grad_norm_{name}": total / steps for name, total in norm_sums.items()},
-            "clip_fraction": sum(s < 1 for s in scales) / steps, "clip_scale": sum(scales) / steps}
+            **{f"grad_norm_{name}": float(total) / steps for name, total in norm_sums.items()},
+            "clip_fraction": float((scale < 1).sum()) / steps, "clip_scale": float(scale.sum()) / steps}
 
 
 #: The spectrum columns of a metric row (``spectrum_statistics``).

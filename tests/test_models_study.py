@@ -43,10 +43,12 @@ def test_clip_scopes(scope, expected):
     config = Config(clip_scope=scope).validate()
     total, norms, scale = engine._clip(groups, config)
     assert float(total) == pytest.approx(math.sqrt(36 + 64 + 25))
-    assert norms == pytest.approx({"backbone": 6.0, "head": 8.0, "classifier": 5.0})
+    assert {name: float(n) for name, n in norms.items()} == pytest.approx({"backbone": 6.0, "head": 8.0,
+                                                                           "classifier": 5.0})
     for name, value in expected.items():
         assert float(groups[name][0].grad[0]) == pytest.approx(value, rel=1e-6)
-    assert scale == pytest.approx(min(value / norms[name] for name, value in expected.items()), rel=1e-6)
+    assert float(scale) == pytest.approx(min(value / float(norms[name]) for name, value in expected.items()),
+                                         rel=1e-6)
 
 
 def test_clip_all_is_torch_clip_grad_norm():
@@ -61,7 +63,7 @@ def test_clip_all_is_torch_clip_grad_norm():
 def test_no_clipping_leaves_gradients_alone():
     groups = _groups_with_gradients({"backbone": 60.0, "head": 80.0, "classifier": 50.0})
     _, _, scale = engine._clip(groups, Config(clip_grad_norm=None).validate())
-    assert scale == 1.0 and float(groups["head"][0].grad[0]) == 80.0
+    assert float(scale) == 1.0 and float(groups["head"][0].grad[0]) == 80.0
 
 
 def test_spectrum_statistics_against_a_direct_computation():

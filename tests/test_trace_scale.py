@@ -142,3 +142,14 @@ def test_layers_take_trace_scaled_functions_on_the_dense_route():
     assert "trace_scale=True" in repr(head)
     with pytest.raises(ValueError, match="trace_scale apply to method='eigen' only"):
         GCPHead(6, reduction=5, method="newton_schulz", trace_scale=True)
+
+
+def test_shifted_sqrt_has_no_cancellation_at_small_eigenvalues():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    fn = eigpool.shifted_sqrt(0.5)
+    l = np.array([1e-30, 1e-16, 1e-10, 1e-4, 0.3, 7.0])
+    exact = [float(mpmath.sqrt(mpmath.mpf(float(x)) + mpmath.mpf(0.5)) - mpmath.sqrt(mpmath.mpf(0.5))) for x in l]
+    assert np.allclose(fn.f(np, l), exact, rtol=4e-16, atol=0)  # sqrt(l + c) - sqrt(c) loses all digits below 1e-16
+    slope = [float(1 / (2 * mpmath.sqrt(mpmath.mpf(float(x)) + mpmath.mpf(0.5)))) for x in l]
+    assert np.allclose(fn.df(np, l), slope, rtol=4e-16, atol=0)
